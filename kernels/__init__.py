@@ -1,0 +1,13 @@
+"""Attention kernels behind the `SparseKernel` interface (installed as ``sparseattn.kernels``).
+
+``torch``: block-sparse reference in PyTorch (any device); ``sdpa``: dense attention; ``auto``: the first kernel in
+its preference list that supports the inputs (Triton on CUDA, the reference elsewhere).
+"""
+from .reference import AutoKernel, DenseSDPA, TorchBlockSparse, dense_attention
+
+__all__ = ["AutoKernel", "DenseSDPA", "TorchBlockSparse", "dense_attention"]
+
+try:  # the Triton kernels need triton; without it the reference kernels still work
+    from . import triton_attention as _triton_attention  # noqa: F401
+except ImportError:
+    pass

@@ -1,0 +1,91 @@
+"""Budget controllers: choose which key blocks each query block attends to, from block scores."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .interfaces import BlockMask, BudgetController, Layout
+from .registry import register
+
+
+@register("budget", "top_p")
+@dataclass
+class TopP(BudgetController):
+    """Per query block, the fewest key blocks whose estimated mass reaches ``p`` (the block crossing p is kept, the
+    best block always is), plus a floor: the best ⌊min_ratio·Mk⌋ key blocks are always kept (SVG2)."""
+
+    p: float = 0.9
+    min_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.p <= 1.0:
+            raise ValueError(f"p must be in (0, 1], got {self.p}")
+        if not 0.0 <= self.min_ratio <= 1.0:
+            raise ValueError(f"min_ratio must be in [0, 1], got {self.min_ratio}")
+
+    def select(self, scores: Tensor, layout: Layout) -> BlockMask:
+        if self.p >= 1.0:  # reaching all the mass needs every block; avoids fp rounding of the cumulative sum
+            return BlockMask(torch.ones_like(scores, dtype=torch.bool))
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        mass_before = sorted_scores.cumsum(-1) - sorted_scores
+        ranks = torch.arange(scores.shape[-1], device=scores.device)
+        floor = int(self.min_ratio * scores.shape[-1])
+        keep = (mass_before < self.p * sorted_scores.sum(-1, keepdim=True)) | (ranks < max(floor, 1))
+        return BlockMask(torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, order, keep))
+
+
+@register("budget", "top_k")
+@dataclass
+class TopK(BudgetController):
+    """Per query block, the ``k`` best key blocks, or the best ⌈fraction·Mk⌉ (exactly one of the two is set)."""
+
+    k: Optional[int] = None
+    fraction: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if (self.k is None) == (self.fraction is None):
+            raise ValueError("set exactly one of k (a count) or fraction (of the key blocks)")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+
+    def select(self, scores: Tensor, layout: Layout) -> BlockMask:
+        blocks = scores.shape[-1]
+        count = self.k if self.k is not None else math.ceil(self.fraction * blocks - 1e-9)
+        count = max(1, min(blocks, count))
+        order = scores.topk(count, dim=-1).indices
+        return BlockMask(torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, order, True))
+
+
+@register("budget", "density")
+@dataclass
+class FixedDensity(BudgetController):
+    """Per head, the block pairs with the most estimated mass per covered (query, key) pair, until the covered
+    fraction of the N×N pairs reaches ``density`` (the pair crossing it is kept); every query block keeps its best
+    key block. The estimated mass of pair (i, j) is |Q_i|·score[i, j], so blocks are ranked by score[i, j] / |K_j|."""
+
+    density: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.density <= 1.0:
+            raise ValueError(f"density must be in (0, 1], got {self.density}")
+
+    def select(self, scores: Tensor, layout: Layout) -> BlockMask:
+        b, h, mq, mk = scores.shape
+        q_sizes = layout.q_sizes.to(scores.dtype)
+        k_sizes = layout.k_sizes.to(scores.dtype)
+        area = (q_sizes.unsqueeze(-1) * k_sizes.unsqueeze(-2)).reshape(b, h, -1)
+        value = (scores / k_sizes.clamp_min(1).unsqueeze(-2)).reshape(b, h, -1)
+        value = value.masked_fill(area == 0, -1.0)  # empty pairs cost nothing and carry nothing: rank them last
+        sorted_value, order = value.sort(dim=-1, descending=True)
+        area_before = area.gather(-1, order).cumsum(-1) - area.gather(-1, order)
+        n = q_sizes.sum(-1, keepdim=True)
+        keep = area_before < self.density * n * n
+        selected = torch.zeros_like(value, dtype=torch.bool).scatter_(-1, order, keep).reshape(b, h, mq, mk)
+        best = scores.argmax(dim=-1, keepdim=True)
+        return BlockMask(selected.scatter_(-1, best, True))
