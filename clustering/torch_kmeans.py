@@ -51,8 +51,11 @@ class TorchKMeans(Clusterer):
 
     def fit(self, x: Tensor, centroids: Tensor, iters: int, tol: float = 0.0) -> KMeansResult:
         check_kmeans_inputs(x, centroids, iters)
-        x = x.float()
-        centroids = centroids.float()
+        # Distances come from ‖c‖² − 2x·c in fp32, which loses the differences between them when all points share
+        # an offset much larger than their spread (keys with a common bias); centring each group removes it.
+        offset = x.float().mean(dim=1, keepdim=True)
+        x = x.float() - offset
+        centroids = centroids.float() - offset
         for _ in range(iters):
             labels = assign_labels(x, centroids, self.max_elements)
             new_centroids, sizes = update_centroids(x, labels, centroids)
@@ -60,4 +63,4 @@ class TorchKMeans(Clusterer):
             centroids = new_centroids
             if converged:
                 break
-        return KMeansResult(labels=labels, centroids=centroids, sizes=sizes)
+        return KMeansResult(labels=labels, centroids=centroids + offset, sizes=sizes)

@@ -1,0 +1,261 @@
+"""Flash k-means in Triton (clusterer ``triton``): batched Lloyd iterations without the N×C distance matrix.
+
+One iteration is two launches:
+  * assign: a program owns ``block_points`` points of one group; it streams the group's centroids in tiles of
+    ``block_centroids`` through the matrix units (‖c‖² − 2·x·c, fp32 accumulate) keeping a running (min, argmin)
+    per point, writes the labels, and adds its points into per-cluster fp32 sums and counts with atomics
+    (the centroid update as a scatter-reduction; nothing of size N×C ever exists);
+  * update: means of the sums (an empty cluster keeps its centroid), the rounded copy the next assign reads,
+    ‖c‖², sizes, the largest centroid shift (an atomic max, for ``tol``), and zeroes the sums for the next round.
+All iterations are launched back to back with no host synchronisation, also when ``tol`` > 0: the stop test runs on
+the device (every launch first reads the shifts of the earlier rounds and returns at once if one was below tol), so
+a fit can be captured in a CUDA graph. Summation order of the atomics is not fixed, so centroids may differ from run
+to run by float32 rounding.
+
+``precision``: how x·c is computed. ``bf16`` (default) rounds x and the centroids to bfloat16 for the matrix units
+(x from a bf16 model is exact; the centroid rounding is relative 2⁻⁹, so only near-ties can flip); ``tf32``; or
+``ieee`` (exact float32, slowest; the test reference). For float16 inputs ``bf16`` uses float16 operands.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from sparseattn.interfaces import Clusterer, KMeansResult
+from sparseattn.registry import register
+
+PRECISIONS = ("bf16", "tf32", "ieee")
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _converged(SHIFT, it, tol, MAX_IT: tl.constexpr):
+    offs = tl.arange(0, MAX_IT)
+    shifts = tl.load(SHIFT + offs, mask=offs < it, other=float("inf"))
+    return tl.min(shifts, 0) < tol
+
+
+@triton.jit
+def _assign_kernel(
+    X, CD, CSQ, LABELS, SUMS, COUNTS, SHIFT,
+    it, tol, N, C, D, sxg, sxn,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, MAX_IT: tl.constexpr,
+    USE_TOL: tl.constexpr, DOT_MODE: tl.constexpr,  # 0: low-precision operands, 1: tf32, 2: ieee fp32, 3: emulate 0
+    LOW_FP16: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    g = tl.program_id(1).to(tl.int64)
+    skip = False
+    if USE_TOL:
+        skip = _converged(SHIFT, it, tol, MAX_IT)
+    if not skip:
+        rows = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+        cols = tl.arange(0, BLOCK_D)
+        rmask = rows < N
+        dmask = cols < D
+        x = tl.load(X + g * sxg + rows[:, None].to(tl.int64) * sxn + cols[None, :],
+                    mask=rmask[:, None] & dmask[None, :], other=0.0)
+        if DOT_MODE == 0:
+            xd = x.to(CD.dtype.element_ty)
+        elif DOT_MODE == 3:
+            if LOW_FP16:
+                xd = x.to(tl.float16).to(tl.float32)
+            else:
+                xd = x.to(tl.bfloat16).to(tl.float32)
+        else:
+            xd = x.to(tl.float32)
+        best = tl.full([BLOCK_P], float("inf"), dtype=tl.float32)
+        best_idx = tl.zeros([BLOCK_P], dtype=tl.int32)
+        c_base = CD + g * C * BLOCK_D
+        for c0 in range(0, C, BLOCK_C):
+            cen = c0 + tl.arange(0, BLOCK_C)
+            cmask = cen < C
+            c = tl.load(c_base + cen[:, None] * BLOCK_D + cols[None, :], mask=cmask[:, None], other=0.0)
+            if DOT_MODE == 0:
+                dots = tl.dot(xd, tl.trans(c))
+            elif DOT_MODE == 1:
+                dots = tl.dot(xd, tl.trans(c), input_precision="tf32")
+            else:
+                dots = tl.dot(xd, tl.trans(c.to(tl.float32)), input_precision="ieee")
+            csq = tl.load(CSQ + g * C + cen, mask=cmask, other=float("inf"))
+            dist = csq[None, :] - 2.0 * dots
+            tile_min, tile_arg = tl.min(dist, 1, return_indices=True)
+            better = tile_min < best
+            best = tl.where(better, tile_min, best)
+            best_idx = tl.where(better, tile_arg.to(tl.int32) + c0, best_idx)
+        tl.store(LABELS + g * N + rows, best_idx.to(tl.int64), mask=rmask)
+        lab = best_idx.to(tl.int64)
+        tl.atomic_add(SUMS + (g * C + lab)[:, None] * D + cols[None, :], x.to(tl.float32),
+                      mask=rmask[:, None] & dmask[None, :], sem="relaxed")
+        tl.atomic_add(COUNTS + g * C + lab, tl.full([BLOCK_P], 1, dtype=tl.int32), mask=rmask, sem="relaxed")
+
+
+@triton.jit
+def _update_kernel(
+    CENT, CD, CSQ, SUMS, COUNTS, SIZES, SHIFT,
+    it, tol, C, D,
+    BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, MAX_IT: tl.constexpr, USE_TOL: tl.constexpr,
+    ROUND_LOW: tl.constexpr, LOW_FP16: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    g = tl.program_id(1).to(tl.int64)
+    skip = False
+    if USE_TOL:
+        skip = _converged(SHIFT, it, tol, MAX_IT)
+    if not skip:
+        cen = pid * BLOCK_C + tl.arange(0, BLOCK_C)
+        cols = tl.arange(0, BLOCK_D)
+        cmask = cen < C
+        mask = cmask[:, None] & (cols[None, :] < D)
+        off = (g * C + cen)[:, None] * D + cols[None, :]
+        sums = tl.load(SUMS + off, mask=mask, other=0.0)
+        counts = tl.load(COUNTS + g * C + cen, mask=cmask, other=0)
+        old = tl.load(CENT + off, mask=mask, other=0.0)
+        new = tl.where((counts > 0)[:, None], sums / tl.maximum(counts, 1).to(tl.float32)[:, None], old)
+        tl.store(CENT + off, new, mask=mask)
+        if ROUND_LOW:
+            if LOW_FP16:
+                rf = new.to(tl.float16).to(tl.float32)
+            else:
+                rf = new.to(tl.bfloat16).to(tl.float32)
+            tl.store(CD + (g * C + cen)[:, None] * BLOCK_D + cols[None, :], rf.to(CD.dtype.element_ty), mask=mask)
+        else:
+            tl.store(CD + (g * C + cen)[:, None] * BLOCK_D + cols[None, :], new.to(CD.dtype.element_ty), mask=mask)
+            rf = new
+        tl.store(CSQ + g * C + cen, tl.sum(rf * rf, 1), mask=cmask)
+        tl.store(SIZES + g * C + cen, counts.to(tl.int64), mask=cmask)
+        if USE_TOL:
+            diff = new - old
+            shift = tl.sqrt(tl.sum(diff * diff, 1))
+            tl.atomic_max(SHIFT + it, tl.max(tl.where(cmask, shift, 0.0), 0))
+        tl.store(SUMS + off, tl.zeros([BLOCK_C, BLOCK_D], dtype=tl.float32), mask=mask)
+        tl.store(COUNTS + g * C + cen, tl.zeros([BLOCK_C], dtype=tl.int32), mask=cmask)
+
+
+def _check_inputs(x: Tensor, centroids: Tensor, iters: int) -> None:
+    """Shape checks only: a finiteness check would synchronise with the host (Strategy checks q, k already)."""
+    if x.dim() != 3 or centroids.dim() != 3:
+        raise ValueError(
+            f"k-means expects x [groups, points, dim] and centroids [groups, clusters, dim], "
+            f"got {tuple(x.shape)} and {tuple(centroids.shape)}"
+        )
+    if x.shape[0] != centroids.shape[0] or x.shape[2] != centroids.shape[2]:
+        raise ValueError(f"x {tuple(x.shape)} and centroids {tuple(centroids.shape)} must agree on groups and dim")
+    if x.shape[1] == 0 or centroids.shape[1] == 0:
+        raise ValueError("k-means needs at least one point and one centroid per group")
+    if iters < 1:
+        raise ValueError(f"iters must be at least 1, got {iters}")
+
+
+@register("clusterer", "triton")
+@dataclass
+class TritonKMeans(Clusterer):
+    """Batched flash k-means on the GPU (Triton): tiled assignment with a running argmin, atomic centroid sums,
+    several iterations per call with no host synchronisation. ``precision``: ``bf16`` | ``tf32`` | ``ieee`` (see the
+    module docstring); ``block_points``/``block_centroids``/``num_warps``/``num_stages``: launch shape (None: tuned
+    defaults); ``check_finite``: also reject NaN/Inf inputs (costs a host synchronisation). Runs on CUDA tensors, or
+    on CPU tensors under ``TRITON_INTERPRET=1``."""
+
+    precision: str = "bf16"
+    block_points: int = 128
+    block_centroids: int = 0  # 0: 64 when C ≤ 512, else 128
+    num_warps: int = 8
+    num_stages: int = 3
+    check_finite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        for name in ("block_points", "block_centroids"):
+            value = getattr(self, name)
+            if value != 0 and (value < 16 or value & (value - 1)):
+                raise ValueError(f"{name} must be a power of two ≥ 16, got {value}")
+        if self.block_points == 0:
+            raise ValueError("block_points must be a power of two ≥ 16, got 0")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
+        if self.num_stages < 1:
+            raise ValueError(f"num_stages must be ≥ 1, got {self.num_stages}")
+
+    def why_unsupported(self, x: Tensor) -> list[str]:
+        reasons = []
+        if x.is_cuda and interpreting():
+            reasons.append("TRITON_INTERPRET=1 runs Triton on the CPU, but x is on CUDA")
+        if not x.is_cuda and not interpreting():
+            reasons.append(f"needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got device {x.device}")
+        return reasons
+
+    def fit(self, x: Tensor, centroids: Tensor, iters: int, tol: float = 0.0) -> KMeansResult:
+        _check_inputs(x, centroids, iters)
+        reasons = self.why_unsupported(x)
+        if reasons:
+            raise ValueError("clusterer 'triton': " + "; ".join(reasons))
+        if centroids.device != x.device:
+            raise ValueError(f"x is on {x.device} but the centroids are on {centroids.device}")
+        if self.check_finite and (not bool(torch.isfinite(x).all()) or not bool(torch.isfinite(centroids).all())):
+            raise ValueError("k-means input contains NaN or Inf values")
+        if tol < 0:
+            raise ValueError(f"tol must be ≥ 0, got {tol}")
+        if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            x = x.float()
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        groups, n, d = x.shape
+        c = centroids.shape[1]
+        device = x.device
+        interp = interpreting()
+        block_d = max(16, triton.next_power_of_2(d))
+        mode = {"bf16": 0, "tf32": 1, "ieee": 2}[self.precision]
+        if mode == 1 and interp:
+            mode = 2  # the interpreter has no tf32
+        low = torch.float16 if x.dtype == torch.float16 else torch.bfloat16
+        if mode == 0 and interp:
+            mode, cd_dtype = 3, torch.float32  # emulate: operands rounded to bf16, dot in fp32
+        else:
+            cd_dtype = low if mode == 0 else torch.float32
+        round_low = self.precision == "bf16"
+
+        cent = centroids.detach().to(torch.float32).contiguous().clone()
+        cd = torch.zeros(groups, c, block_d, dtype=cd_dtype, device=device)
+        if round_low:
+            rounded = cent.to(low).to(torch.float32)
+        else:
+            rounded = cent
+        cd[:, :, :d] = rounded.to(cd_dtype)
+        csq = (rounded * rounded).sum(-1).contiguous()
+        labels = torch.empty(groups, n, dtype=torch.int64, device=device)
+        sums = torch.zeros(groups, c, d, dtype=torch.float32, device=device)
+        counts = torch.zeros(groups, c, dtype=torch.int32, device=device)
+        sizes = torch.empty(groups, c, dtype=torch.int64, device=device)
+        use_tol = tol > 0
+        shift = torch.zeros(max(iters, 1), dtype=torch.float32, device=device)
+        max_it = triton.next_power_of_2(max(iters, 2))
+
+        bp = self.block_points
+        bc = self.block_centroids or (64 if c <= 512 else 128)
+        if interp:
+            bp, bc = min(bp, 32), min(bc, 32)
+        warps, stages = (4, 1) if interp else (self.num_warps, self.num_stages)
+        upd_block = 32
+        for it in range(iters):
+            _assign_kernel[(triton.cdiv(n, bp), groups)](
+                x, cd, csq, labels, sums, counts, shift,
+                it, float(tol), n, c, d, x.stride(0), x.stride(1),
+                BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=block_d, MAX_IT=max_it, USE_TOL=use_tol, DOT_MODE=mode,
+                LOW_FP16=low == torch.float16, num_warps=warps, num_stages=stages,
+            )
+            _update_kernel[(triton.cdiv(c, upd_block), groups)](
+                cent, cd, csq, sums, counts, sizes, shift,
+                it, float(tol), c, d,
+                BLOCK_C=upd_block, BLOCK_D=block_d, MAX_IT=max_it, USE_TOL=use_tol, ROUND_LOW=round_low, LOW_FP16=low == torch.float16,
+                num_warps=4,
+            )
+        return KMeansResult(labels=labels, centroids=cent, sizes=sizes)
