@@ -19,7 +19,7 @@ to run by float32 rounding.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -33,6 +33,7 @@ PRECISIONS = ("bf16", "tf32", "ieee")
 
 
 def interpreting() -> bool:
+    """Whether Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -49,7 +50,7 @@ def _assign_kernel(
     it, tol, N, C, D, sxg, sxn,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, MAX_IT: tl.constexpr,
     USE_TOL: tl.constexpr, DOT_MODE: tl.constexpr,  # 0: low-precision operands, 1: tf32, 2: ieee fp32, 3: emulate 0
-    LOW_FP16: tl.constexpr,
+    LOW_FP16: tl.constexpr, ACCUMULATE: tl.constexpr = True,
 ):
     pid = tl.program_id(0)
     g = tl.program_id(1).to(tl.int64)
@@ -92,10 +93,20 @@ def _assign_kernel(
             best = tl.where(better, tile_min, best)
             best_idx = tl.where(better, tile_arg.to(tl.int32) + c0, best_idx)
         tl.store(LABELS + g * N + rows, best_idx.to(tl.int64), mask=rmask)
-        lab = best_idx.to(tl.int64)
-        tl.atomic_add(SUMS + (g * C + lab)[:, None] * D + cols[None, :], x.to(tl.float32),
-                      mask=rmask[:, None] & dmask[None, :], sem="relaxed")
-        tl.atomic_add(COUNTS + g * C + lab, tl.full([BLOCK_P], 1, dtype=tl.int32), mask=rmask, sem="relaxed")
+        if ACCUMULATE:
+            _accumulate(X, SUMS, COUNTS, g, rows, cols, rmask, dmask, best_idx, C, D, sxg, sxn, BLOCK_P)
+
+
+@triton.jit
+def _accumulate(X, SUMS, COUNTS, g, rows, cols, rmask, dmask, best_idx, C, D, sxg, sxn, BLOCK_P: tl.constexpr):
+    """Add the tile's points into the fp32 sums of their clusters, and count them (the centroid update's scatter)."""
+    lab = best_idx.to(tl.int64)
+    # Reload the points (an L1/L2 hit) rather than keep them live in registers across the centroid loop.
+    x = tl.load(X + g * sxg + rows[:, None].to(tl.int64) * sxn + cols[None, :],
+                mask=rmask[:, None] & dmask[None, :], other=0.0)
+    tl.atomic_add(SUMS + (g * C + lab)[:, None] * D + cols[None, :], x.to(tl.float32),
+                  mask=rmask[:, None] & dmask[None, :], sem="relaxed")
+    tl.atomic_add(COUNTS + g * C + lab, tl.full([BLOCK_P], 1, dtype=tl.int32), mask=rmask, sem="relaxed")
 
 
 @triton.jit
@@ -170,6 +181,7 @@ class TritonKMeans(Clusterer):
     num_warps: int = 8
     num_stages: int = 3
     check_finite: bool = False
+    _accumulate: bool = field(default=True, repr=False)  # False: assignment only (a diagnostic for benchmarks)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -186,12 +198,10 @@ class TritonKMeans(Clusterer):
             raise ValueError(f"num_stages must be ≥ 1, got {self.num_stages}")
 
     def why_unsupported(self, x: Tensor) -> list[str]:
-        reasons = []
-        if x.is_cuda and interpreting():
-            reasons.append("TRITON_INTERPRET=1 runs Triton on the CPU, but x is on CUDA")
-        if not x.is_cuda and not interpreting():
-            reasons.append(f"needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got device {x.device}")
-        return reasons
+        """Reasons this backend cannot cluster ``x`` here (empty list = supported)."""
+        from sparseattn.kernels.triton_permute import mode_problem
+
+        return mode_problem(x.is_cuda)
 
     def fit(self, x: Tensor, centroids: Tensor, iters: int, tol: float = 0.0) -> KMeansResult:
         _check_inputs(x, centroids, iters)
@@ -204,6 +214,7 @@ class TritonKMeans(Clusterer):
             raise ValueError("k-means input contains NaN or Inf values")
         if tol < 0:
             raise ValueError(f"tol must be ≥ 0, got {tol}")
+
         if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             x = x.float()
         if x.stride(-1) != 1:
@@ -241,17 +252,21 @@ class TritonKMeans(Clusterer):
 
         bp = self.block_points
         bc = self.block_centroids or (64 if c <= 512 else 128)
+        warps, stages = (4, 1) if interp else (self.num_warps, self.num_stages)
         if interp:
             bp, bc = min(bp, 32), min(bc, 32)
-        warps, stages = (4, 1) if interp else (self.num_warps, self.num_stages)
+        elif cd_dtype == torch.float32:  # fp32 centroid tiles: twice the shared memory per stage
+            bc, stages = min(bc, 64), min(stages, 2)
         upd_block = 32
         for it in range(iters):
             _assign_kernel[(triton.cdiv(n, bp), groups)](
                 x, cd, csq, labels, sums, counts, shift,
                 it, float(tol), n, c, d, x.stride(0), x.stride(1),
                 BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=block_d, MAX_IT=max_it, USE_TOL=use_tol, DOT_MODE=mode,
-                LOW_FP16=low == torch.float16, num_warps=warps, num_stages=stages,
+                LOW_FP16=low == torch.float16, ACCUMULATE=self._accumulate, num_warps=warps, num_stages=stages,
             )
+            if not self._accumulate:  # diagnostic: assignment only
+                continue
             _update_kernel[(triton.cdiv(c, upd_block), groups)](
                 cent, cd, csq, sums, counts, sizes, shift,
                 it, float(tol), c, d,

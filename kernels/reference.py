@@ -105,9 +105,14 @@ class AutoKernel(SparseKernel):
             raise ValueError(f"none of the preferred kernels {self.prefer} is registered")
 
     def choose(self, q: Tensor, k: Tensor, v: Tensor) -> SparseKernel:
+        """The first preferred kernel that supports these inputs; ValueError with every kernel's reasons if none."""
         reasons = []
         for kernel in self._kernels:
             why = kernel.why_unsupported(q, k, v)
+            if not why and q.device.type != "cuda" and kernel.name.startswith("triton"):
+                # On CPU, Triton runs only in its interpreter (TRITON_INTERPRET=1, set by test suites): a debugging
+                # aid orders of magnitude slower than the torch kernel.
+                why = ["Triton on CPU runs only in its slow interpreter; name this kernel explicitly to use it"]
             if not why:
                 return kernel
             reasons.append(f"{kernel.name}: {'; '.join(why)}")

@@ -24,6 +24,26 @@ from .registry import available, get, register  # noqa: E402
 from .strategy import AttentionPlan, DenseSchedule, Strategy, load_strategy  # noqa: E402
 
 __version__ = "0.1.0"
+
+
+def apply(target, strategy, **options):
+    """Install a sparse attention strategy on a diffusers video pipeline or transformer (Wan 2.1, HunyuanVideo).
+
+    ``with sparseattn.apply(pipe, "svg2"):`` — see `sparseattn.integrations.diffusers.apply` for the options. Needs
+    the ``diffusers`` extra, which is imported here, on first use, never by ``import sparseattn``.
+    """
+    from .integrations.diffusers import apply as apply_to_diffusers
+
+    return apply_to_diffusers(target, strategy, **options)
+
+
+def remove(target) -> None:
+    """Undo `apply` on a pipeline, transformer, or the patch `apply` returned."""
+    from .integrations.diffusers import remove as remove_from_diffusers
+
+    remove_from_diffusers(target)
+
+
 __all__ = [
     "AttentionContext",
     "AttentionPlan",
@@ -38,8 +58,10 @@ __all__ = [
     "StateCache",
     "Strategy",
     "TokenIdentifier",
+    "apply",
     "available",
     "get",
     "load_strategy",
     "register",
+    "remove",
 ]

@@ -77,8 +77,10 @@ class FixedDensity(BudgetController):
 
     def select(self, scores: Tensor, layout: Layout) -> BlockMask:
         b, h, mq, mk = scores.shape
-        q_sizes = layout.q_sizes.to(scores.dtype)
-        k_sizes = layout.k_sizes.to(scores.dtype)
+        # float64: a float32 running sum of areas near N² (~10¹⁰) is off by tens of pairs and can stop short of
+        # the target density
+        q_sizes = layout.q_sizes.to(torch.float64)
+        k_sizes = layout.k_sizes.to(torch.float64)
         area = (q_sizes.unsqueeze(-1) * k_sizes.unsqueeze(-2)).reshape(b, h, -1)
         value = (scores / k_sizes.clamp_min(1).unsqueeze(-2)).reshape(b, h, -1)
         value = value.masked_fill(area == 0, -1.0)  # empty pairs cost nothing and carry nothing: rank them last

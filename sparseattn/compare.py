@@ -29,6 +29,7 @@ class Result:
     time_ms: float
 
     def as_dict(self) -> dict:
+        """The row as a dict with the keys of `RESULT_KEYS` (the ``--json`` format)."""
         return asdict(self)
 
 

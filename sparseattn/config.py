@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from importlib import resources
 from typing import Any, Mapping, Union
 
@@ -32,7 +34,10 @@ def load_recipe(source: RecipeSource) -> tuple[dict[str, Any], str]:
     seen = [where]
     while "base" in recipe:
         base_source = recipe.pop("base")
-        base, base_where = _read(base_source, relative_to=where)
+        try:
+            base, base_where = _read(base_source, relative_to=seen[-1])  # relative to the file that names it
+        except ConfigError as exc:
+            raise ConfigError(f"{seen[-1]}: key 'base': {exc}") from None
         if base_where in seen:
             raise ConfigError(f"{where}: 'base' chain loops: {' → '.join(seen + [base_where])}")
         seen.append(base_where)
@@ -99,10 +104,42 @@ def build_component(kind: str, spec: Any, where: str = "<python>") -> Component:
             f"{where}: unknown parameter(s) {', '.join(unknown)} for {kind} '{name}'; "
             f"allowed: {', '.join(allowed) or '(none)'}"
         )
+    check_param_types(cls, params, f"{where}: {kind} '{name}'")
     try:
         return cls(**params)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {kind} '{name}': {exc}") from exc
+
+
+def check_param_types(cls: type, params: Mapping[str, Any], where: str) -> None:
+    """Raise ConfigError when a parameter annotated int, float, str or bool (or Optional of one) gets another type.
+
+    YAML makes ``2.5`` or ``"8"`` easy to write where a count is meant; caught here, it is a clear error instead of a
+    TypeError deep inside a call. Other annotations (Any, lists, components) are left to the component.
+    """
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an out-of-tree class whose annotations do not resolve: nothing to check against
+        return
+    for key, value in params.items():
+        hint = hints.get(key)
+        options = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
+        if not all(option in _SIMPLE_TYPES for option in options):
+            continue
+        if not any(_matches(value, option) for option in options):
+            names = " or ".join("null" if option is type(None) else option.__name__ for option in options)
+            raise ConfigError(f"{where}: parameter '{key}' must be {names}, got {value!r}")
+
+
+_SIMPLE_TYPES = (int, float, str, bool, type(None))
+
+
+def _matches(value: Any, option: type) -> bool:
+    if option is type(None):
+        return value is None
+    if isinstance(value, bool):  # bool subclasses int, but `true` is no count
+        return option is bool
+    return isinstance(value, (int, float) if option is float else option)
 
 
 def _names(kind: str) -> str:

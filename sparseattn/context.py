@@ -16,9 +16,11 @@ class StateCache:
         self._layers: dict[int, dict] = {}
 
     def for_layer(self, layer: int) -> dict:
+        """The mutable state dict of ``layer`` (created empty on first use)."""
         return self._layers.setdefault(layer, {})
 
     def reset(self) -> None:
+        """Forget every layer's state (call between generations)."""
         self._layers.clear()
 
     def __len__(self) -> int:
@@ -54,6 +56,7 @@ class AttentionContext:
                 raise ValueError(f"grid must be three positive ints (frames, height, width), got {self.grid}")
 
     def layer_state(self) -> dict:
+        """The state dict of this call's layer in the cache."""
         return self.cache.for_layer(self.layer)
 
     def check_tokens(self, n: int) -> None:

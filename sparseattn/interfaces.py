@@ -46,6 +46,7 @@ class Layout:
 
     @property
     def num_tokens(self) -> int:
+        """N, the number of tokens each (batch, head) is cut into blocks."""
         return int(self.q_sizes[(0,) * (self.q_sizes.dim() - 1)].sum())
 
     @property
@@ -136,6 +137,7 @@ class Component(abc.ABC):
     name: ClassVar[str] = ""
 
     def params(self) -> dict[str, Any]:
+        """The component's parameters (its dataclass init fields) by name, as a recipe would give them."""
         if not hasattr(self, "__dataclass_fields__"):
             return {}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
@@ -148,7 +150,10 @@ class Permuter(Component):
 
     @abc.abstractmethod
     def permute(self, q: Tensor, k: Tensor, state: Optional[dict] = None) -> Layout:
-        ...
+        """Return the `Layout` of q, k [B, H, N, D] (original order): token orders, block sizes and centroids.
+
+        ``state`` is this layer's mutable cache (e.g. centroids for a warm start); None means start cold.
+        """
 
 
 class TokenIdentifier(Component):
@@ -168,7 +173,7 @@ class BudgetController(Component):
 
     @abc.abstractmethod
     def select(self, scores: Tensor, layout: Layout) -> BlockMask:
-        ...
+        """Return the `BlockMask` [B, H, Mq, Mk] for scores [B, H, Mq, Mk] (from a `TokenIdentifier`) on ``layout``."""
 
 
 class SparseKernel(Component):
@@ -184,6 +189,7 @@ class SparseKernel(Component):
         return []
 
     def plan(self, layout: Layout, mask: BlockMask, q: Tensor) -> Any:
+        """Turn a layout and mask into whatever `run` needs (block lists, buffers); q is the permuted query."""
         return (layout, mask)
 
     def permute(self, q: Tensor, k: Tensor, v: Tensor, layout: Layout) -> tuple[Tensor, Tensor, Tensor]:

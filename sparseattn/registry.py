@@ -111,4 +111,5 @@ BUILTIN_MODULES = (
     "sparseattn.budgets",
     "sparseattn.kernels",
     "sparseattn.clustering",
+    "sparseattn.methods",
 )

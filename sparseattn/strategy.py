@@ -1,13 +1,23 @@
 """A strategy = permuter → identifier → budget → kernel, plus a dense warm-up schedule. Built from YAML recipes."""
 from __future__ import annotations
 
+import math
+from collections import ChainMap
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-from .config import COMPONENT_KEYS, ConfigError, RecipeSource, build_component, load_recipe
+from .config import (
+    COMPONENT_KEYS,
+    RECIPE_KEYS,
+    ConfigError,
+    RecipeSource,
+    build_component,
+    check_param_types,
+    load_recipe,
+)
 from .context import AttentionContext
 from .interfaces import BlockMask, BudgetController, Layout, Permuter, SparseKernel, TokenIdentifier, gather_tokens
 from .validation import check_qkv
@@ -37,9 +47,17 @@ class DenseSchedule:
                 raise ValueError(f"{name} must be a fraction in [0, 1], got {getattr(self, name)}")
 
     def is_dense(self, ctx: Optional[AttentionContext]) -> bool:
+        """Whether the call at ``ctx`` runs dense (no ctx: never)."""
         if ctx is None:
             return False
-        return ctx.step < int(self.dense_steps * ctx.num_steps) or ctx.layer < int(self.dense_layers * ctx.num_layers)
+        return ctx.step < _floor_of(self.dense_steps, ctx.num_steps) or ctx.layer < _floor_of(
+            self.dense_layers, ctx.num_layers
+        )
+
+
+def _floor_of(fraction: float, count: int) -> int:
+    """⌊fraction·count⌋ as the decimal fraction means it: 0.29·100 is 28.999999999999996 in binary floating point."""
+    return math.floor(fraction * count + 1e-9)
 
 
 @dataclass
@@ -52,6 +70,7 @@ class AttentionPlan:
 
     @property
     def density(self) -> Tensor:
+        """[B, H] fraction of the N×N (query, key) pairs the plan computes."""
         return self.mask.density(self.layout)
 
 
@@ -91,6 +110,7 @@ class Strategy:
 
     @property
     def is_dense(self) -> bool:
+        """True for a dense strategy (no permuter): every call runs dense attention."""
         return self.permuter is None
 
     # -------------------------------------------------------------------------------------------------------------
@@ -129,7 +149,11 @@ class Strategy:
         if dense_now and (self.is_dense or not self.schedule.cluster_during_dense):
             return AttentionPlan(single_block_layout(q, k), _full_mask(q, 1, 1), dense=True), None
         video = n - text
-        state = ctx.layer_state() if ctx is not None else None
+        state = None
+        if ctx is not None:
+            # Position-based permuters (tiles, svg1) read state["grid"]; the ChainMap serves it per call and keeps it
+            # out of the layer cache, which receives every write (k-means centroids).
+            state = ChainMap(ctx.layer_state(), {"grid": ctx.grid})
         video_layout = self.permuter.permute(q[:, :, :video], k[:, :, :video], state)
         if dense_now:  # clustering only kept the centroids warm
             return AttentionPlan(single_block_layout(q, k), _full_mask(q, 1, 1), dense=True), None
@@ -190,11 +214,16 @@ def load_strategy(source: "RecipeSource | Strategy", **overrides: Any) -> Strate
     if isinstance(source, Strategy):
         return source
     recipe, where = load_recipe(source)
+    allowed = [key for key in RECIPE_KEYS if key != "base"]  # the base chain is already resolved
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown override(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
     recipe.update(overrides)
     return strategy_from_recipe(recipe, where)
 
 
 def strategy_from_recipe(recipe: dict[str, Any], where: str) -> Strategy:
+    """Build a `Strategy` from a resolved recipe (no ``base``); errors name ``where`` the recipe came from."""
     name = recipe.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}: a recipe needs a 'name' (a non-empty string)")
@@ -211,6 +240,7 @@ def strategy_from_recipe(recipe: dict[str, Any], where: str) -> Strategy:
     unknown = sorted(set(schedule_spec) - set(allowed))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} in 'schedule'; allowed: {', '.join(allowed)}")
+    check_param_types(DenseSchedule, schedule_spec, f"{where}: schedule")
     try:
         schedule = DenseSchedule(**schedule_spec)
     except (TypeError, ValueError) as exc:

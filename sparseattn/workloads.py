@@ -41,6 +41,7 @@ class Workload:
         return AttentionContext(grid=self.grid, text_tokens=self.text_tokens)
 
     def to(self, device: str | torch.device, dtype: Optional[torch.dtype] = None) -> "Workload":
+        """A copy with q, k, v on ``device`` (and in ``dtype`` when given)."""
         move = lambda t: t.to(device=device, dtype=dtype or t.dtype)  # noqa: E731
         return Workload(self.name, move(self.q), move(self.k), move(self.v), self.grid, self.text_tokens, self.metadata)
 

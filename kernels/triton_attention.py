@@ -1,0 +1,392 @@
+"""Variable-block sparse attention forward in Triton (kernel ``triton``), on permuted q, k, v.
+
+Layout: per (batch, head), query blocks and key blocks are contiguous ranges of the permuted sequence with arbitrary
+sizes (0 … N). The mask selects, per query block, any subset of key blocks.
+
+Plan (on the GPU, no host synchronisation, no O(N²) tensor):
+  * Key lists. For query block i the selected keys are the concatenation of the selected key blocks' token ranges.
+    The plan writes them token by token (int32 indices into the permuted keys) into one flat buffer, block i's list
+    starting at an offset from a cumulative sum of the list lengths. Keys are then packed into full tiles of
+    ``block_n`` whatever the block sizes, so only the last tile of each list is partial: the wasted key work is
+    at most one tile per (query row tile), not one tile per key block. Writing uses the identity
+    ``position(κ) = κ − gap_i[block(κ)]`` (gap = number of unselected key tokens before the block), so the fill is
+    a scatter with no search.
+  * The flat buffer is sized from the upper bound B·H·Mq·N (every pair selected), allocated once and cached in the
+    kernel object, so a plan is valid until the next plan() of the same object (running a stale plan raises); when that bound exceeds ``max_index_bytes`` the plan sizes it exactly instead, which reads one
+    number back from the GPU (a host synchronisation; noted in the docs).
+  * Row tiles. Each query block is cut into row tiles of ``block_m`` tokens. Work items (block, row tile) are laid
+    out head-major with a fixed number of slots per head (Mq + ⌈N/block_m⌉ bounds the tile count, so the grid size
+    is known without a sync); within a head they are sorted by list length, longest first; unused slots exit.
+Run: one program per work item streams its block's key list in tiles of ``block_n`` rows (gathered by index, so the
+loads are 16-byte vectors along D), online softmax in fp32, exp2 with the scale folded in.
+
+A query block whose selected key blocks are all empty outputs zeros (as the reference kernel does).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from sparseattn.interfaces import BlockMask, Layout, SparseKernel
+from sparseattn.registry import register
+
+from .triton_permute import gather_qkv, interpreting, mode_problem, scatter_rows
+
+LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plan kernel: write every query block's selected key tokens into its list
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _fill_lists_kernel(
+    KID, GAPSEL, LIST_OFF, LIST, N, MQ, MK,
+    BLOCK_T: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
+):
+    """Program (token tile, head, group of query blocks): for each query block i of the group, key token κ of key
+    block j = KID[κ] goes to list_i[κ − gap_i[j]] when j is selected (GAPSEL holds gap_i[j], or −1)."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    i0 = tl.program_id(2) * BLOCKS_PER_PROGRAM
+    tok = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    tmask = tok < N
+    kid = tl.load(KID + bh * N + tok, mask=tmask, other=0)
+    row = GAPSEL + bh * MQ * MK
+    for ii in range(0, BLOCKS_PER_PROGRAM):
+        i = i0 + ii
+        if i < MQ:
+            gap = tl.load(row + i * MK + kid, mask=tmask, other=-1)
+            base = tl.load(LIST_OFF + bh * MQ + i)
+            keep = tmask & (gap >= 0)
+            tl.store(LIST + base + (tok - gap), tok, mask=keep)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention kernel
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _qk(q, K, head_off, LIST, pos0, L, offs_d,
+        BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr):
+    """Scores q·kᵀ of one key tile (list positions pos0 … pos0 + BLOCK_N) and the tile's key indices."""
+    offs_n = pos0 + tl.arange(0, BLOCK_N)
+    if MASKED:
+        idx = tl.load(LIST + offs_n, mask=offs_n < L, other=0)
+    else:
+        idx = tl.load(LIST + offs_n)
+    k = tl.load(K + head_off + idx[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :])
+    if UPCAST:
+        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    return s, idx
+
+
+@triton.jit
+def _softmax_pv(s, idx, V, head_off, pos0, L, m_i, l_i, acc, qk_scale, offs_d,
+                BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr):
+    """Online-softmax update with one tile of scores and the matching values."""
+    if MASKED:
+        s = tl.where((pos0 + tl.arange(0, BLOCK_N) < L)[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)  # running max, in the scaled (log2) domain
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s * qk_scale - m_new[:, None])  # one FMA per score
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    v = tl.load(V + head_off + idx[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :])
+    if UPCAST:
+        acc += tl.dot(p, v.to(tl.float32), input_precision="ieee")
+    else:
+        acc += tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _sparse_attn_fwd_kernel(
+    Q, K, V, O,
+    Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R,
+    qk_scale, N, MQ, SLOTS,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    blk = tl.load(WORK_I + pid)
+    if blk >= 0:
+        r = tl.load(WORK_R + pid)
+        bh = (pid // SLOTS).to(tl.int64)
+        q_start = tl.load(Q_OFF + bh * (MQ + 1) + blk) + r * BLOCK_M
+        q_end = tl.load(Q_OFF + bh * (MQ + 1) + blk + 1)
+        L = tl.load(LENS + bh * MQ + blk)
+        lst = LIST + tl.load(LIST_OFF + bh * MQ + blk)
+        head_off = bh * N * HEAD_DIM
+
+        offs_m = q_start + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        mrow = offs_m < q_end
+        q_off = head_off + offs_m[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
+        q = tl.load(Q + q_off, mask=mrow[:, None], other=0.0)
+
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        n_full = L // BLOCK_N
+        for t in range(0, n_full):
+            s, idx = _qk(q, K, head_off, lst, t * BLOCK_N, L, offs_d, BLOCK_N, HEAD_DIM, False, UPCAST)
+            m_i, l_i, acc = _softmax_pv(s, idx, V, head_off, t * BLOCK_N, L, m_i, l_i, acc, qk_scale,
+                                        offs_d, BLOCK_N, HEAD_DIM, False, UPCAST)
+        if n_full * BLOCK_N < L:
+            s, idx = _qk(q, K, head_off, lst, n_full * BLOCK_N, L, offs_d, BLOCK_N, HEAD_DIM, True, UPCAST)
+            m_i, l_i, acc = _softmax_pv(s, idx, V, head_off, n_full * BLOCK_N, L, m_i, l_i, acc, qk_scale,
+                                        offs_d, BLOCK_N, HEAD_DIM, True, UPCAST)
+        l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+        out = acc / l_safe[:, None]
+        tl.store(O + q_off, out.to(O.dtype.element_ty), mask=mrow[:, None])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The SparseKernel
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class WorkList:
+    """Work items of one launch: (query block, row tile) per slot, head-major with ``slots`` slots per head."""
+
+    block: Tensor  # [BH * slots] int32, query block (-1: unused slot)
+    row_tile: Tensor  # [BH * slots] int32, row tile within the block, in units of block_m
+    slots: int
+    block_m: int
+    block_n: int
+
+
+@dataclass
+class TritonPlan:
+    """Everything `run` needs; all tensors live on the device of q."""
+
+    q_off: Tensor  # [BH, Mq + 1] int32
+    lens: Tensor  # [BH, Mq] int32, keys per query block
+    list_off: Tensor  # [BH, Mq] int64, start of each list in `lists`
+    lists: Tensor  # flat int32 key indices
+    passes: list  # WorkList per launch: full-height row tiles, then (optionally) short tail tiles
+    shape: tuple  # (B, H, N, D)
+    num_q_blocks: int
+    generation: int  # which fill of the kernel's shared index buffer this plan's lists live in
+
+
+@register("kernel", "triton")
+@dataclass
+class TritonBlockSparse(SparseKernel):
+    """Variable-block sparse attention (forward) in Triton: token-packed key tiles, bf16/fp16, head dim 64 or 128.
+
+    ``block_m``/``block_n``: query rows / keys per tile. A query block's rows are cut into ``block_m`` tiles; a
+    remainder of at most ``tail_block_m`` rows goes to a second launch with ``tail_block_m`` × ``tail_block_n``
+    tiles (0, or a value ≥ block_m, disables it), which halves the rows wasted on partial tiles. ``num_warps``/``num_stages``: launch
+    options of the main pass (``None``: defaults tuned on H100); ``max_index_bytes``: largest key-index buffer sized from the sync-free upper
+    bound B·H·Mq·N·4 bytes (beyond it the plan sizes the buffer exactly, which synchronises with the host).
+    Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1`` (there float32 inputs are accepted too).
+    """
+
+    block_m: int = 128
+    block_n: int = 128
+    tail_block_m: int = 64
+    tail_block_n: int = 64
+    num_warps: Optional[int] = None
+    num_stages: Optional[int] = None
+    max_index_bytes: int = 6 << 30
+    _buffers: dict = field(init=False, repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n", "tail_block_n"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two ≥ 16, got {value}")
+        t = self.tail_block_m
+        if t != 0 and (t < 16 or t & (t - 1)):
+            raise ValueError(f"tail_block_m must be 0 (off) or a power of two ≥ 16, got {t}")
+        if self.num_warps is not None and self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
+        if self.num_stages is not None and self.num_stages < 1:
+            raise ValueError(f"num_stages must be ≥ 1, got {self.num_stages}")
+        if self.max_index_bytes < 0:
+            raise ValueError(f"max_index_bytes must be ≥ 0, got {self.max_index_bytes}")
+
+    # -- support -------------------------------------------------------------------------------------------------
+    def why_unsupported(self, q: Tensor, k: Tensor, v: Tensor) -> list[str]:
+        reasons = []
+        interp = interpreting()
+        tensors = (q, k, v)
+        if not all(isinstance(t, Tensor) for t in tensors):
+            return ["q, k, v must be tensors"]
+        reasons += mode_problem(q.is_cuda)
+        allowed = (torch.float16, torch.bfloat16) + ((torch.float32,) if interp else ())
+        if q.dtype not in allowed:
+            names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+            reasons.append(f"dtype {str(q.dtype).replace('torch.', '')} is not supported (supported: {names})")
+        if q.dim() != 4:
+            reasons.append(f"expects [B, H, N, D] tensors, got {q.dim()} dims")
+        elif q.shape[-1] not in (64, 128):
+            reasons.append(f"head dim {q.shape[-1]} is not supported (supported: 64, 128)")
+        if any(t.shape != q.shape or t.dtype != q.dtype or t.device != q.device for t in (k, v)):
+            reasons.append("q, k, v must share shape, dtype and device")
+        return reasons
+
+    # -- permutation ---------------------------------------------------------------------------------------------
+    def permute(self, q: Tensor, k: Tensor, v: Tensor, layout: Layout) -> tuple[Tensor, Tensor, Tensor]:
+        if layout.q_order is None and layout.kv_order is None:
+            return q, k, v
+        qp, kp, vp = gather_qkv(q, k, v, layout.q_order, layout.kv_order)
+        return qp, kp, vp
+
+    def unpermute(self, out: Tensor, layout: Layout) -> Tensor:
+        return scatter_rows(out, layout.q_order)
+
+    # -- plan ----------------------------------------------------------------------------------------------------
+    def _index_buffer(self, capacity: int, device: torch.device) -> tuple[Tensor, int]:
+        """The cached key-index buffer (grown when too small) and the new generation number of its contents."""
+        key = ("lists", str(device))
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < capacity:
+            self._buffers.pop(key, None)
+            buf = torch.empty(max(capacity, 1), dtype=torch.int32, device=device)
+            self._buffers[key] = buf
+        generation = self._buffers.get(("generation", str(device)), 0) + 1
+        self._buffers[("generation", str(device))] = generation
+        return buf, generation
+
+    def plan(self, layout: Layout, mask: BlockMask, q: Tensor) -> TritonPlan:
+        b, h, n, d = q.shape
+        device = q.device
+        bh = b * h
+        q_sizes = layout.q_sizes.reshape(bh, -1)
+        k_sizes = layout.k_sizes.reshape(bh, -1)
+        mq, mk = q_sizes.shape[1], k_sizes.shape[1]
+        selected = mask.selected
+        if tuple(selected.shape) != (b, h, mq, mk):
+            raise ValueError(f"mask must have shape {(b, h, mq, mk)}, got {tuple(selected.shape)}")
+        if q_sizes.device != device or k_sizes.device != device or selected.device != device:
+            raise ValueError("layout, mask and q must be on one device")
+        if n >= 2**30:
+            raise ValueError(f"sequence length {n} is too long for int32 key indices")
+        int32 = torch.int32
+        q_sizes = q_sizes.to(int32)
+        k_sizes = k_sizes.to(int32)
+        zero = torch.zeros(bh, 1, dtype=int32, device=device)
+        q_off = torch.cat([zero, q_sizes.cumsum(-1, dtype=int32)], dim=-1)
+        k_off = torch.cat([zero, k_sizes.cumsum(-1, dtype=int32)], dim=-1)
+
+        # Key lists: lengths, per-(block, key block) gaps, flat offsets.
+        sel = selected.reshape(bh, mq, mk) & (k_sizes > 0).unsqueeze(1)
+        width = sel.to(int32) * k_sizes.unsqueeze(1)  # [BH, Mq, Mk] selected keys contributed by each key block
+        inclusive = width.cumsum(-1, dtype=int32)
+        lens = inclusive[..., -1].contiguous()  # [BH, Mq]
+        gap = k_off[:, :-1].unsqueeze(1) - (inclusive - width)
+        gapsel = torch.where(sel, gap, torch.full_like(gap, -1)).contiguous()
+        del width, inclusive, gap
+        list_off = torch.zeros(bh * mq, dtype=torch.int64, device=device)
+        list_off[1:] = lens.reshape(-1)[:-1].to(torch.int64).cumsum(0)
+        list_off = list_off.reshape(bh, mq)
+        bound = bh * mq * n
+        if bound * 4 <= self.max_index_bytes:
+            capacity = bound
+        else:  # exact size: one number read back from the device (a host synchronisation)
+            capacity = int(lens.sum(dtype=torch.int64).item())
+        lists, generation = self._index_buffer(capacity, device)
+        key_block = torch.repeat_interleave(
+            torch.arange(mk, dtype=int32, device=device).repeat(bh), k_sizes.reshape(-1), output_size=bh * n
+        ).reshape(bh, n)
+        block_t, per_program = (256, 64) if interpreting() else (1024, 16)
+        _fill_lists_kernel[(triton.cdiv(n, block_t), bh, triton.cdiv(mq, per_program))](
+            key_block, gapsel, list_off, lists, n, mq, mk, BLOCK_T=block_t, BLOCKS_PER_PROGRAM=per_program,
+            num_warps=4,
+        )
+
+        # Work items: (query block, row tile), head-major, longest list first within a head.
+        bm = self.block_m
+        tail = self.tail_block_m if self.tail_block_m < bm else 0
+        if tail:
+            full, rest = q_sizes // bm, q_sizes % bm
+            main_tiles = full + (rest > tail).to(int32)
+            tail_tiles = ((rest > 0) & (rest <= tail)).to(int32)
+        else:
+            main_tiles, tail_tiles = (q_sizes + (bm - 1)) // bm, None
+        passes = [self._work_list(main_tiles, lens, mq + triton.cdiv(n, bm), bm, self.block_n, 0)]
+        if tail:
+            # at most one tail tile per block, starting after the block's full tiles
+            passes.append(self._work_list(tail_tiles, lens, mq, tail, self.tail_block_n, full * (bm // tail)))
+        return TritonPlan(q_off=q_off, lens=lens, list_off=list_off, lists=lists, passes=passes,
+                          shape=(b, h, n, d), num_q_blocks=mq, generation=generation)
+
+    @staticmethod
+    def _work_list(tiles: Tensor, lens: Tensor, slots: int, bm: int, bn: int, first_row_tile) -> WorkList:
+        """Flatten per-block tile counts [BH, Mq] into ``slots`` work items per head, longest key list first."""
+        bh, mq = tiles.shape
+        int32 = torch.int32
+        tiles_incl = tiles.cumsum(-1, dtype=int32)
+        t = torch.arange(slots, dtype=int32, device=tiles.device).expand(bh, slots).contiguous()
+        blk = torch.searchsorted(tiles_incl, t, right=True)  # block holding tile t (Mq: unused slot)
+        valid = blk < mq
+        blk_c = blk.clamp(max=mq - 1)
+        row_tile = t - (tiles_incl.gather(1, blk_c) - tiles.gather(1, blk_c))
+        if not isinstance(first_row_tile, int):
+            row_tile = row_tile + first_row_tile.gather(1, blk_c)
+        cost = torch.where(valid, lens.gather(1, blk_c), torch.full_like(row_tile, -1))
+        order = torch.argsort(cost, dim=-1, descending=True)
+        block = torch.where(valid, blk.to(int32), torch.full_like(row_tile, -1)).gather(1, order)
+        return WorkList(block.reshape(-1).contiguous(), row_tile.to(int32).gather(1, order).reshape(-1).contiguous(),
+                        slots, bm, bn)
+
+    # -- run -----------------------------------------------------------------------------------------------------
+    def _launch_options(self, d: int, main: bool) -> tuple[int, int]:
+        if main:
+            warps = self.num_warps or (8 if self.block_m >= 128 else 4)
+            stages = self.num_stages or (2 if d > 64 and self.block_n >= 128 else 3)
+        else:
+            warps = 4
+            stages = 2 if d > 64 and self.tail_block_n >= 128 else 3
+        if interpreting():
+            stages = 1
+        return warps, stages
+
+    def run(self, plan: TritonPlan, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        reasons = self.why_unsupported(q, k, v)
+        if reasons:
+            raise ValueError("kernel 'triton' cannot run these inputs: " + "; ".join(reasons))
+        if tuple(q.shape) != plan.shape:
+            raise ValueError(f"plan was made for shape {plan.shape}, got q of shape {tuple(q.shape)}")
+        if self._buffers.get(("generation", str(q.device))) != plan.generation:
+            raise ValueError(
+                "this plan is stale: a later plan() of the same kernel object reused its key-index buffer; "
+                "plan again before running (or use one kernel object per live plan)"
+            )
+        b, h, n, d = q.shape
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out = torch.empty_like(q)
+        for index, work in enumerate(plan.passes):
+            warps, stages = self._launch_options(d, index == 0)
+            _sparse_attn_fwd_kernel[(work.block.numel(),)](
+                q, k, v, out,
+                plan.q_off, plan.lens, plan.list_off, plan.lists, work.block, work.row_tile,
+                LOG2E / math.sqrt(d), n, plan.num_q_blocks, work.slots,
+                BLOCK_M=work.block_m, BLOCK_N=work.block_n, HEAD_DIM=d,
+                UPCAST=interpreting() or q.dtype == torch.float32,
+                num_warps=warps, num_stages=stages,
+            )
+        return out
+
+    def computed_pairs(self, plan: TritonPlan) -> Tensor:
+        """(computed, useful) (query, key) pairs of the kernel's tiles, as a float64 tensor of 2 (for waste reports).
+
+        Reads the plan back from the device (a synchronisation): for reports, not for the attention path."""
+        q_sizes = (plan.q_off[:, 1:] - plan.q_off[:, :-1]).to(torch.float64)
+        lens = plan.lens.to(torch.float64)
+        computed = torch.zeros((), dtype=torch.float64, device=lens.device)
+        for work in plan.passes:
+            valid = work.block >= 0
+            bh_index = torch.arange(work.block.numel(), device=lens.device) // work.slots
+            blk = work.block.clamp_min(0).long()
+            keys = lens[bh_index, blk]
+            computed += (valid * work.block_m * torch.ceil(keys / work.block_n) * work.block_n).sum()
+        useful = (q_sizes * lens).sum()
+        return torch.stack([computed, useful])
