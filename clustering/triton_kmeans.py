@@ -171,14 +171,14 @@ def _check_inputs(x: Tensor, centroids: Tensor, iters: int) -> None:
 class TritonKMeans(Clusterer):
     """Batched flash k-means on the GPU (Triton): tiled assignment with a running argmin, atomic centroid sums,
     several iterations per call with no host synchronisation. ``precision``: ``bf16`` | ``tf32`` | ``ieee`` (see the
-    module docstring); ``block_points``/``block_centroids``/``num_warps``/``num_stages``: launch shape (None: tuned
+    module docstring); ``block_points``/``block_centroids``/``num_warps``/``num_stages``: launch shape (0: tuned
     defaults); ``check_finite``: also reject NaN/Inf inputs (costs a host synchronisation). Runs on CUDA tensors, or
     on CPU tensors under ``TRITON_INTERPRET=1``."""
 
     precision: str = "bf16"
-    block_points: int = 128
-    block_centroids: int = 0  # 0: 64 when C ≤ 512, else 128
-    num_warps: int = 8
+    block_points: int = 0  # 0: by cluster count (tuned on H100, see benchmarks/NOTES.md)
+    block_centroids: int = 0
+    num_warps: int = 0
     num_stages: int = 3
     check_finite: bool = False
     _accumulate: bool = field(default=True, repr=False)  # False: assignment only (a diagnostic for benchmarks)
@@ -190,10 +190,8 @@ class TritonKMeans(Clusterer):
             value = getattr(self, name)
             if value != 0 and (value < 16 or value & (value - 1)):
                 raise ValueError(f"{name} must be a power of two ≥ 16, got {value}")
-        if self.block_points == 0:
-            raise ValueError("block_points must be a power of two ≥ 16, got 0")
-        if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
+        if self.num_warps not in (0, 1, 2, 4, 8, 16):
+            raise ValueError(f"num_warps must be 0 (auto), 1, 2, 4, 8 or 16, got {self.num_warps}")
         if self.num_stages < 1:
             raise ValueError(f"num_stages must be ≥ 1, got {self.num_stages}")
 
@@ -250,9 +248,15 @@ class TritonKMeans(Clusterer):
         shift = torch.zeros(max(iters, 1), dtype=torch.float32, device=device)
         max_it = triton.next_power_of_2(max(iters, 2))
 
-        bp = self.block_points
-        bc = self.block_centroids or (64 if c <= 512 else 128)
-        warps, stages = (4, 1) if interp else (self.num_warps, self.num_stages)
+        # H100, D=128: few clusters → 128 points × 64 centroids, 8 warps; many → 64 × 128, 4 warps (two programs
+        # per multiprocessor, so one's argmin overlaps the other's matrix products).
+        small = c <= 512
+        bp = self.block_points or (128 if small else 64)
+        bc = self.block_centroids or (64 if small else 128)
+        warps = self.num_warps or (8 if bp >= 128 else 4)
+        stages = self.num_stages
+        if interp:
+            warps, stages = 4, 1
         if interp:
             bp, bc = min(bp, 32), min(bc, 32)
         elif cd_dtype == torch.float32:  # fp32 centroid tiles: twice the shared memory per stage
@@ -270,7 +274,8 @@ class TritonKMeans(Clusterer):
             _update_kernel[(triton.cdiv(c, upd_block), groups)](
                 cent, cd, csq, sums, counts, sizes, shift,
                 it, float(tol), c, d,
-                BLOCK_C=upd_block, BLOCK_D=block_d, MAX_IT=max_it, USE_TOL=use_tol, ROUND_LOW=round_low, LOW_FP16=low == torch.float16,
+                BLOCK_C=upd_block, BLOCK_D=block_d, MAX_IT=max_it, USE_TOL=use_tol, ROUND_LOW=round_low,
+                LOW_FP16=low == torch.float16,
                 num_warps=4,
             )
         return KMeansResult(labels=labels, centroids=cent, sizes=sizes)

@@ -1,24 +1,28 @@
 """Variable-block sparse attention forward in Triton (kernel ``triton``), on permuted q, k, v.
 
 Layout: per (batch, head), query blocks and key blocks are contiguous ranges of the permuted sequence with arbitrary
-sizes (0 … N). The mask selects, per query block, any subset of key blocks.
+sizes (0 … N). The mask selects, per query block, any subset of key blocks. Fixed-size blocks in the natural order
+(q_order / kv_order None) are the same case.
 
 Plan (on the GPU, no host synchronisation, no O(N²) tensor):
   * Key lists. For query block i the selected keys are the concatenation of the selected key blocks' token ranges.
     The plan writes them token by token (int32 indices into the permuted keys) into one flat buffer, block i's list
     starting at an offset from a cumulative sum of the list lengths. Keys are then packed into full tiles of
-    ``block_n`` whatever the block sizes, so only the last tile of each list is partial: the wasted key work is
-    at most one tile per (query row tile), not one tile per key block. Writing uses the identity
-    ``position(κ) = κ − gap_i[block(κ)]`` (gap = number of unselected key tokens before the block), so the fill is
-    a scatter with no search.
+    ``block_n`` whatever the block sizes, so only the last key tile of each list is partial. Writing uses the
+    identity ``position(κ) = κ − gap_i[block(κ)]`` (gap = unselected key tokens before the block), so the fill is a
+    scatter with no search; one small kernel computes the gaps and list lengths per query block.
   * The flat buffer is sized from the upper bound B·H·Mq·N (every pair selected), allocated once and cached in the
-    kernel object, so a plan is valid until the next plan() of the same object (running a stale plan raises); when that bound exceeds ``max_index_bytes`` the plan sizes it exactly instead, which reads one
-    number back from the GPU (a host synchronisation; noted in the docs).
-  * Row tiles. Each query block is cut into row tiles of ``block_m`` tokens. Work items (block, row tile) are laid
-    out head-major with a fixed number of slots per head (Mq + ⌈N/block_m⌉ bounds the tile count, so the grid size
-    is known without a sync); within a head they are sorted by list length, longest first; unused slots exit.
-Run: one program per work item streams its block's key list in tiles of ``block_n`` rows (gathered by index, so the
-loads are 16-byte vectors along D), online softmax in fp32, exp2 with the scale folded in.
+    kernel object, so a plan is valid until the next plan() of the same object (running a stale plan raises). When
+    that bound exceeds ``max_index_bytes`` the plan sizes it exactly instead, reading one number back from the GPU
+    (a host synchronisation).
+  * Row tiles. Each query block is cut into ``block_m``-row tiles; a remainder of at most ``tail_block_m`` rows gets
+    a ``tail_block_m``-row tile in a second launch instead, which halves the rows wasted on partial tiles. Work items
+    (block, row tile) are laid out head-major with a fixed number of slots per head (Mq + ⌈N/block_m⌉ bounds the
+    tile count, so the grid size is known without a sync), sorted by list length within a head, longest first;
+    unused slots exit at once.
+Run: one program per work item streams its block's key list in tiles of ``block_n`` rows gathered by index (each
+row is a contiguous D-vector, loaded asynchronously through the software pipeline), online softmax in fp32 with
+exp2 and the scale folded into one FMA per score.
 
 A query block whose selected key blocks are all empty outputs zeros (as the reference kernel does).
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import triton
@@ -58,13 +62,32 @@ def _fill_lists_kernel(
     tmask = tok < N
     kid = tl.load(KID + bh * N + tok, mask=tmask, other=0)
     row = GAPSEL + bh * MQ * MK
-    for ii in range(0, BLOCKS_PER_PROGRAM):
+    for ii in tl.static_range(BLOCKS_PER_PROGRAM):  # unrolled: the blocks' loads are independent
         i = i0 + ii
-        if i < MQ:
-            gap = tl.load(row + i * MK + kid, mask=tmask, other=-1)
-            base = tl.load(LIST_OFF + bh * MQ + i)
-            keep = tmask & (gap >= 0)
-            tl.store(LIST + base + (tok - gap), tok, mask=keep)
+        live = tmask & (i < MQ)
+        gap = tl.load(row + i * MK + kid, mask=live, other=-1)
+        base = tl.load(LIST_OFF + bh * MQ + i, mask=i < MQ, other=0)
+        tl.store(LIST + base + (tok - gap), tok, mask=live & (gap >= 0))
+
+
+@triton.jit
+def _row_gaps_kernel(
+    SEL, K_SIZES, K_OFF, GAPSEL, LENS, MQ, MK,
+    BLOCK_K: tl.constexpr,
+):
+    """Program (query block, head): the selected keys' count and, per key block, its gap (−1 if not selected)."""
+    i = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    j = tl.arange(0, BLOCK_K)
+    jm = j < MK
+    sel = tl.load(SEL + (bh * MQ + i) * MK + j, mask=jm, other=0)
+    ks = tl.load(K_SIZES + bh * MK + j, mask=jm, other=0)
+    koff = tl.load(K_OFF + bh * (MK + 1) + j, mask=jm, other=0)
+    width = tl.where((sel != 0) & (ks > 0), ks, 0)
+    inclusive = tl.cumsum(width, 0)
+    gap = koff - (inclusive - width)
+    tl.store(GAPSEL + (bh * MQ + i) * MK + j, tl.where(width > 0, gap, -1), mask=jm)
+    tl.store(LENS + bh * MQ + i, tl.sum(width, 0))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -182,9 +205,10 @@ class TritonBlockSparse(SparseKernel):
 
     ``block_m``/``block_n``: query rows / keys per tile. A query block's rows are cut into ``block_m`` tiles; a
     remainder of at most ``tail_block_m`` rows goes to a second launch with ``tail_block_m`` × ``tail_block_n``
-    tiles (0, or a value ≥ block_m, disables it), which halves the rows wasted on partial tiles. ``num_warps``/``num_stages``: launch
-    options of the main pass (``None``: defaults tuned on H100); ``max_index_bytes``: largest key-index buffer sized from the sync-free upper
-    bound B·H·Mq·N·4 bytes (beyond it the plan sizes the buffer exactly, which synchronises with the host).
+    tiles (0, or a value ≥ block_m, disables it). ``num_warps``/``num_stages``: launch options of the main pass
+    (``None``: defaults tuned on H100, see benchmarks/NOTES.md). ``max_index_bytes``: largest key-index buffer
+    sized from the sync-free upper bound B·H·Mq·N·4 bytes (beyond it the plan sizes the buffer exactly, which
+    synchronises with the host). A plan is valid until the next ``plan()`` of the same object.
     Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1`` (there float32 inputs are accepted too).
     """
 
@@ -236,7 +260,7 @@ class TritonBlockSparse(SparseKernel):
     def permute(self, q: Tensor, k: Tensor, v: Tensor, layout: Layout) -> tuple[Tensor, Tensor, Tensor]:
         if layout.q_order is None and layout.kv_order is None:
             return q, k, v
-        qp, kp, vp = gather_qkv(q, k, v, layout.q_order, layout.kv_order)
+        qp, kp, vp = gather_qkv(q, k, v, layout.q_order, layout.kv_order)  # one launch for all three
         return qp, kp, vp
 
     def unpermute(self, out: Tensor, layout: Layout) -> Tensor:
@@ -276,14 +300,14 @@ class TritonBlockSparse(SparseKernel):
         q_off = torch.cat([zero, q_sizes.cumsum(-1, dtype=int32)], dim=-1)
         k_off = torch.cat([zero, k_sizes.cumsum(-1, dtype=int32)], dim=-1)
 
-        # Key lists: lengths, per-(block, key block) gaps, flat offsets.
-        sel = selected.reshape(bh, mq, mk) & (k_sizes > 0).unsqueeze(1)
-        width = sel.to(int32) * k_sizes.unsqueeze(1)  # [BH, Mq, Mk] selected keys contributed by each key block
-        inclusive = width.cumsum(-1, dtype=int32)
-        lens = inclusive[..., -1].contiguous()  # [BH, Mq]
-        gap = k_off[:, :-1].unsqueeze(1) - (inclusive - width)
-        gapsel = torch.where(sel, gap, torch.full_like(gap, -1)).contiguous()
-        del width, inclusive, gap
+        # Key lists: per (query block, key block) the gap (unselected key tokens before it; −1: not selected) and
+        # per query block the list length, in one pass over the mask.
+        sel = selected.reshape(bh, mq, mk).contiguous()
+        sel = sel.view(torch.uint8) if sel.dtype == torch.bool else (sel != 0).to(torch.uint8)
+        gapsel = torch.empty(bh, mq, mk, dtype=int32, device=device)
+        lens = torch.empty(bh, mq, dtype=int32, device=device)
+        _row_gaps_kernel[(mq, bh)](sel, k_sizes.contiguous(), k_off, gapsel, lens, mq, mk,
+                                   BLOCK_K=triton.next_power_of_2(mk), num_warps=4)
         list_off = torch.zeros(bh * mq, dtype=torch.int64, device=device)
         list_off[1:] = lens.reshape(-1)[:-1].to(torch.int64).cumsum(0)
         list_off = list_off.reshape(bh, mq)
@@ -341,7 +365,7 @@ class TritonBlockSparse(SparseKernel):
     def _launch_options(self, d: int, main: bool) -> tuple[int, int]:
         if main:
             warps = self.num_warps or (8 if self.block_m >= 128 else 4)
-            stages = self.num_stages or (2 if d > 64 and self.block_n >= 128 else 3)
+            stages = self.num_stages or 3
         else:
             warps = 4
             stages = 2 if d > 64 and self.tail_block_n >= 128 else 3

@@ -189,7 +189,7 @@ def run_generate(args: argparse.Namespace) -> int:
     dense_out = os.path.splitext(args.out)[0] + ".dense.mp4"
     export_to_video(list(dense_frames), dense_out, fps=args.fps)
     print(f"wrote {dense_out}: dense attention, same seed")
-    quality = compare_videos(frames, dense_frames)
+    quality = compare_videos(frames, dense_frames, device=device)
     print(format_comparison(quality, sparse_seconds, dense_seconds, densities, patch.num_layers, strategy.name,
                             logged=inspector is not None))
     if args.logdir:

@@ -29,7 +29,7 @@ class KMeansPermuter(Permuter):
     init: str = "random"
     tol: float = 1e-4
     seed: int = 0
-    clusterer: Any = "torch"
+    clusterer: Any = "auto"
     _clusterer: Any = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:

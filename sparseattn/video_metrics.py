@@ -2,8 +2,9 @@
 
 Videos are compared frame by frame at the same size. Accepted inputs: numpy arrays or tensors [T, H, W, C] (what
 diffusers pipelines return with ``output_type="np"``), float in [0, 1] or uint8 in [0, 255]; a leading batch
-dimension of 1 is dropped. Frames are converted to float64 in [0, 1] a few at a time, so a 129-frame 720p video
-needs a few hundred MB of working memory, not tens of GB.
+dimension of 1 is dropped. Frames are converted to float64 in [0, 1] a few at a time on ``device`` (pass the GPU
+for long videos: SSIM of a 129-frame 720p video takes minutes on a CPU), so the working memory is a few hundred MB,
+not tens of GB.
 
 - PSNR: 10·log10(1 / MSE), the MSE taken over every pixel of the whole video (not a mean of per-frame PSNRs).
 - SSIM: Wang et al. (2004) with an 11×11 Gaussian window (σ = 1.5), K1 = 0.01, K2 = 0.03, computed per frame and
@@ -55,9 +56,10 @@ def _pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def _chunks(x: Tensor, y: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
-    """Consecutive frames of both videos as float64 [n, C, H, W] in [0, 1]."""
+def _chunks(x: Tensor, y: Tensor, device: str | torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """Consecutive frames of both videos as float64 [n, C, H, W] in [0, 1] on ``device``."""
     def unit(frames: Tensor) -> Tensor:
+        frames = frames.to(device)
         frames = frames.double() / 255.0 if frames.dtype == torch.uint8 else frames.double()
         return frames.permute(0, 3, 1, 2)
 
@@ -65,31 +67,31 @@ def _chunks(x: Tensor, y: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
         yield unit(x[start:start + FRAMES_PER_CHUNK]), unit(y[start:start + FRAMES_PER_CHUNK])
 
 
-def psnr(a: Any, b: Any) -> float:
+def psnr(a: Any, b: Any, device: str | torch.device = "cpu") -> float:
     """Peak signal-to-noise ratio in dB over the whole video (peak 1.0); ``inf`` for identical videos."""
     x, y = _pair(a, b)
-    squared_error = sum(float(((p - q) ** 2).sum()) for p, q in _chunks(x, y))
+    squared_error = sum(float(((p - q) ** 2).sum()) for p, q in _chunks(x, y, device))
     mse = squared_error / x.numel()
     return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
 
 
-def ssim(a: Any, b: Any) -> float:
+def ssim(a: Any, b: Any, device: str | torch.device = "cpu") -> float:
     """Mean structural similarity over frames, channels and window positions (see the module docstring)."""
     x, y = _pair(a, b)
     height, width = x.shape[1:3]
     if min(height, width) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs frames of at least {SSIM_WINDOW}×{SSIM_WINDOW} pixels, got {height}×{width}")
-    offsets = torch.arange(SSIM_WINDOW, dtype=torch.float64) - (SSIM_WINDOW - 1) / 2
+    offsets = torch.arange(SSIM_WINDOW, dtype=torch.float64, device=device) - (SSIM_WINDOW - 1) / 2
     line = torch.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
     line = line / line.sum()
-    window = (line[:, None] * line[None, :]).expand(1, 1, SSIM_WINDOW, SSIM_WINDOW)
+    rows, columns = line.view(1, 1, -1, 1), line.view(1, 1, 1, -1)  # the 2-D Gaussian is separable
     c1, c2 = SSIM_K1**2, SSIM_K2**2
     total, count = 0.0, 0
-    for p, q in _chunks(x, y):
+    for p, q in _chunks(x, y, device):
         p, q = p.reshape(-1, 1, height, width), q.reshape(-1, 1, height, width)  # one image per frame and channel
 
         def local_mean(t: Tensor) -> Tensor:
-            return torch.nn.functional.conv2d(t, window)
+            return torch.nn.functional.conv2d(torch.nn.functional.conv2d(t, rows), columns)
 
         mu_p, mu_q = local_mean(p), local_mean(q)
         var_p = local_mean(p * p) - mu_p**2
@@ -118,8 +120,8 @@ def lpips(a: Any, b: Any, device: str | torch.device = "cpu") -> tuple[Optional[
         return None, f"LPIPS weights are unavailable: {exc}"
     distances = []
     with torch.no_grad():
-        for p, q in _chunks(x, y):  # LPIPS takes images in [-1, 1]
-            distances += model(p.float().to(device) * 2 - 1, q.float().to(device) * 2 - 1).flatten().tolist()
+        for p, q in _chunks(x, y, device):  # LPIPS takes images in [-1, 1]
+            distances += model(p.float() * 2 - 1, q.float() * 2 - 1).flatten().tolist()
     return float(np.mean(distances)), ""
 
 
@@ -138,7 +140,8 @@ class VideoComparison:
         return {"psnr": self.psnr, "ssim": self.ssim, "lpips": self.lpips, "lpips_note": self.lpips_note}
 
 
-def compare_videos(video: Any, reference: Any, use_lpips: bool = True) -> VideoComparison:
-    """PSNR, SSIM and (when ``use_lpips`` and available) LPIPS of ``video`` against ``reference``."""
-    lpips_value, note = lpips(video, reference) if use_lpips else (None, "not requested")
-    return VideoComparison(psnr(video, reference), ssim(video, reference), lpips_value, note)
+def compare_videos(video: Any, reference: Any, use_lpips: bool = True,
+                   device: str | torch.device = "cpu") -> VideoComparison:
+    """PSNR, SSIM and (when ``use_lpips`` and available) LPIPS of ``video`` against ``reference``, on ``device``."""
+    lpips_value, note = lpips(video, reference, device) if use_lpips else (None, "not requested")
+    return VideoComparison(psnr(video, reference, device), ssim(video, reference, device), lpips_value, note)

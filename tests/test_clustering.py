@@ -425,3 +425,18 @@ def test_cuda_matches_cpu(name):
     if differ == 0:
         torch.testing.assert_close(gpu.centroids.cpu(), cpu.centroids, rtol=1e-4, atol=1e-5)
         assert torch.equal(gpu.sizes.cpu(), cpu.sizes)
+
+
+def test_auto_clusterer_uses_torch_on_cpu_and_triton_is_registered():
+    from sparseattn.registry import available, get
+
+    auto = get("clusterer", "auto")()
+    x = _data(5, 2, 64, 8)
+    assert type(auto.choose(x)).__name__ == "TorchKMeans"  # never the slow Triton interpreter on CPU
+    assert "triton" in available("clusterer")
+    init = init_centroids(x, 6, "random", seed=0)
+    expected = get("clusterer", "torch")().fit(x, init, 3)
+    got = auto.fit(x, init, 3)
+    assert torch.equal(got.labels, expected.labels) and torch.allclose(got.centroids, expected.centroids)
+    with pytest.raises(ValueError, match="concrete"):
+        get("clusterer", "auto")(gpu="auto")

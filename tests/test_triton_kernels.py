@@ -59,8 +59,11 @@ def _layout(q_sizes: torch.Tensor, k_sizes: torch.Tensor, d: int, orders: bool, 
     b, h, mq = q_sizes.shape
     mk = k_sizes.shape[-1]
     n = int(q_sizes[0, 0].sum())
-    q_order = torch.stack([torch.randperm(n, generator=gen) for _ in range(b * h)]).reshape(b, h, n) if orders else None
-    kv_order = torch.stack([torch.randperm(n, generator=gen) for _ in range(b * h)]).reshape(b, h, n) if orders else None
+    def order():
+        return torch.stack([torch.randperm(n, generator=gen) for _ in range(b * h)]).reshape(b, h, n)
+
+    q_order = order() if orders else None
+    kv_order = order() if orders else None
     return Layout(q_order, kv_order, q_sizes, k_sizes, torch.randn(b, h, mq, d, generator=gen),
                   torch.randn(b, h, mk, d, generator=gen))
 
@@ -128,7 +131,8 @@ def test_random_layouts(case, dtype):
     selected[..., 1, :] = False
     selected[..., 1, mk // 2] = True  # one selecting exactly one
     q, k, v = _qkv(gen, b, h, n, d, dtype)
-    _check_attention(q, k, v, layout, BlockMask(selected), TritonBlockSparse(block_m=32, block_n=16, tail_block_m=16, tail_block_n=32), dtype, case)
+    kernel = TritonBlockSparse(block_m=32, block_n=16, tail_block_m=16, tail_block_n=32)
+    _check_attention(q, k, v, layout, BlockMask(selected), kernel, dtype, case)
 
 
 @needs_interpreter
@@ -275,7 +279,7 @@ def test_permute_kernels():
 @needs_interpreter
 def test_strategy_end_to_end():
     """SVG2 through Strategy with the Triton kernel and clusterer matches the same strategy on the references."""
-    from sparseattn import AttentionContext, load_strategy
+    from sparseattn import load_strategy
     from sparseattn.workloads import synthetic_video
 
     work = synthetic_video(frames=3, height=6, width=8, heads=2, head_dim=64, text_tokens=9, seed=1)

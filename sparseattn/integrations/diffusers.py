@@ -494,7 +494,7 @@ def _resolve(target: Any) -> tuple[Any, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-def apply(target: Any, strategy: Union[str, dict, Strategy, Any], *, scheduler: Any = None,
+def apply(target: Any, strategy: Union[str, dict, Strategy], *, scheduler: Any = None,
           num_steps: Optional[int] = None, observer: Optional[Observer] = None, inspector: Any = None) -> StrategyPatch:
     """Install ``strategy`` (a built-in name, YAML path, recipe dict or `Strategy`) on a diffusers video transformer.
 
