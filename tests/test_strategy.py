@@ -247,6 +247,15 @@ def test_bad_tensors_raise_clear_errors(case, recipe):
             strategy.plan(q, k)
 
 
+def test_huge_finite_inputs_are_accepted():
+    # Their fp32 sums overflow to inf, which only sends the finiteness check down its exact path.
+    q, k, v = good()
+    q[0, 0, :, 0] = 3e38
+    q[0, 0, :, 1] = -3e38
+    assert torch.isinf(q.sum()) or torch.isnan(q.sum())
+    load_strategy("dense")(q, k, v)
+
+
 def test_bad_context_raises():
     with pytest.raises(ValueError, match="layer"):
         AttentionContext(layer=3, num_layers=2)
