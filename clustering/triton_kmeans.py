@@ -28,6 +28,7 @@ from torch import Tensor
 
 from sparseattn.interfaces import Clusterer, KMeansResult
 from sparseattn.registry import register
+from sparseattn.validation import check_kmeans_inputs
 
 PRECISIONS = ("bf16", "tf32", "ieee")
 
@@ -151,21 +152,6 @@ def _update_kernel(
         tl.store(COUNTS + g * C + cen, tl.zeros([BLOCK_C], dtype=tl.int32), mask=cmask)
 
 
-def _check_inputs(x: Tensor, centroids: Tensor, iters: int) -> None:
-    """Shape checks only: a finiteness check would synchronise with the host (Strategy checks q, k already)."""
-    if x.dim() != 3 or centroids.dim() != 3:
-        raise ValueError(
-            f"k-means expects x [groups, points, dim] and centroids [groups, clusters, dim], "
-            f"got {tuple(x.shape)} and {tuple(centroids.shape)}"
-        )
-    if x.shape[0] != centroids.shape[0] or x.shape[2] != centroids.shape[2]:
-        raise ValueError(f"x {tuple(x.shape)} and centroids {tuple(centroids.shape)} must agree on groups and dim")
-    if x.shape[1] == 0 or centroids.shape[1] == 0:
-        raise ValueError("k-means needs at least one point and one centroid per group")
-    if iters < 1:
-        raise ValueError(f"iters must be at least 1, got {iters}")
-
-
 @register("clusterer", "triton")
 @dataclass
 class TritonKMeans(Clusterer):
@@ -202,14 +188,13 @@ class TritonKMeans(Clusterer):
         return mode_problem(x.is_cuda)
 
     def fit(self, x: Tensor, centroids: Tensor, iters: int, tol: float = 0.0) -> KMeansResult:
-        _check_inputs(x, centroids, iters)
+        # No finiteness check by default: it would synchronise with the host (Strategy checks q, k already).
+        check_kmeans_inputs(x, centroids, iters, check_finite=self.check_finite)
         reasons = self.why_unsupported(x)
         if reasons:
             raise ValueError("clusterer 'triton': " + "; ".join(reasons))
         if centroids.device != x.device:
             raise ValueError(f"x is on {x.device} but the centroids are on {centroids.device}")
-        if self.check_finite and (not bool(torch.isfinite(x).all()) or not bool(torch.isfinite(centroids).all())):
-            raise ValueError("k-means input contains NaN or Inf values")
         if tol < 0:
             raise ValueError(f"tol must be ≥ 0, got {tol}")
 
