@@ -53,8 +53,9 @@ class TorchKMeans(Clusterer):
         check_kmeans_inputs(x, centroids, iters)
         # Distances come from ‖c‖² − 2x·c in fp32, which loses the differences between them when all points share
         # an offset much larger than their spread (keys with a common bias); centring each group removes it.
-        offset = x.float().mean(dim=1, keepdim=True)
-        x = x.float() - offset
+        x = x.float()
+        offset = x.mean(dim=1, keepdim=True)
+        x = x - offset
         centroids = centroids.float() - offset
         for _ in range(iters):
             labels = assign_labels(x, centroids, self.max_elements)

@@ -260,8 +260,7 @@ class TritonBlockSparse(SparseKernel):
     def permute(self, q: Tensor, k: Tensor, v: Tensor, layout: Layout) -> tuple[Tensor, Tensor, Tensor]:
         if layout.q_order is None and layout.kv_order is None:
             return q, k, v
-        qp, kp, vp = gather_qkv(q, k, v, layout.q_order, layout.kv_order)  # one launch for all three
-        return qp, kp, vp
+        return gather_qkv(q, k, v, layout.q_order, layout.kv_order)  # one launch for all three
 
     def unpermute(self, out: Tensor, layout: Layout) -> Tensor:
         return scatter_rows(out, layout.q_order)

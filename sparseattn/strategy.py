@@ -118,28 +118,36 @@ class Strategy:
         """Permute, identify and budget, without running attention."""
         if self.check_inputs:
             check_qkv(q, k, k)
-        return self._plan(q, k, None, ctx)[0]
+        plan, _ = self._plan(q, k, None, ctx)
+        if plan is None:
+            return AttentionPlan(single_block_layout(q, k), _full_mask(q, 1, 1), dense=True)
+        return plan
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, ctx: Optional[AttentionContext] = None) -> Tensor:
         if self.check_inputs:
             check_qkv(q, k, v)
         plan, permuted = self._plan(q, k, v, ctx)
-        if plan.dense:
+        if plan is None:
             return dense_attention(q, k, v)
-        q_p, k_p, v_p = permuted
-        out = self.kernel.run(self.kernel.plan(plan.layout, plan.mask, q_p), q_p, k_p, v_p)
-        return self.kernel.unpermute(out, plan.layout)
+        return self._attend_permuted(plan, *permuted)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan) -> Tensor:
         """Attention for a plan that `plan` made on the same q, k (e.g. to time the kernel alone)."""
         if plan.dense:
             return dense_attention(q, k, v)
-        q_p, k_p, v_p = self.kernel.permute(q, k, v, plan.layout)
+        return self._attend_permuted(plan, *self.kernel.permute(q, k, v, plan.layout))
+
+    def _attend_permuted(self, plan: AttentionPlan, q_p: Tensor, k_p: Tensor, v_p: Tensor) -> Tensor:
+        """The kernel on q, k, v already in the plan's order; the output comes back in the original order."""
         out = self.kernel.run(self.kernel.plan(plan.layout, plan.mask, q_p), q_p, k_p, v_p)
         return self.kernel.unpermute(out, plan.layout)
 
     def _plan(self, q: Tensor, k: Tensor, v: Optional[Tensor], ctx: Optional[AttentionContext]):
-        """The plan, and (when v is given) q, k, v gathered into the plan's order, so they are permuted only once."""
+        """The plan, and (when v is given) q, k, v gathered into the plan's order, so they are permuted only once.
+
+        A call that runs dense gets plan None: `__call__` then needs no layout, and only `plan` builds the
+        single-block one (its centroids are means over every token, too costly to compute and throw away).
+        """
         n = q.shape[2]
         text = 0
         if ctx is not None:
@@ -147,7 +155,7 @@ class Strategy:
             text = ctx.text_tokens
         dense_now = self.is_dense or self.schedule.is_dense(ctx)
         if dense_now and (self.is_dense or not self.schedule.cluster_during_dense):
-            return AttentionPlan(single_block_layout(q, k), _full_mask(q, 1, 1), dense=True), None
+            return None, None
         video = n - text
         state = None
         if ctx is not None:
@@ -156,7 +164,7 @@ class Strategy:
             state = ChainMap(ctx.layer_state(), {"grid": ctx.grid})
         video_layout = self.permuter.permute(q[:, :, :video], k[:, :, :video], state)
         if dense_now:  # clustering only kept the centroids warm
-            return AttentionPlan(single_block_layout(q, k), _full_mask(q, 1, 1), dense=True), None
+            return None, None
         layout = append_text_layout(video_layout, q, k, text) if text else video_layout
         if v is None:
             permuted = (gather_tokens(q, layout.q_order), gather_tokens(k, layout.kv_order), None)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from sparseattn import AttentionContext, load_strategy
 from sparseattn.config import ConfigError, builtin_recipes
-from sparseattn.interfaces import Layout, gather_tokens
+from sparseattn.interfaces import gather_tokens
 from sparseattn.methods.oracle import ExactIdentifier, TokenKeysPermuter
 from sparseattn.methods.patterns import (
     BandIdentifier,

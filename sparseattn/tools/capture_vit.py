@@ -19,7 +19,6 @@ if one attention spanned the whole clip, not something the image model computed.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
