@@ -194,6 +194,25 @@ def rel_err(out, ref):
     return float((out.float() - ref.float()).norm() / ref.float().norm())
 
 
+def kernel_variants():
+    """(label, kernel) of every way we run the sparse kernel: the default, the other permutation modes, Gluon."""
+    from sparseattn.kernels.triton_attention import TritonBlockSparse
+
+    variants = [("triton", TritonBlockSparse())]
+    try:
+        from sparseattn.kernels.gluon_attention import GluonBlockSparse
+
+        gluon = GluonBlockSparse()
+        if DEVICE == "cuda" and not gluon.why_unsupported(*(torch.empty(1, 1, 128, 128, dtype=torch.bfloat16,
+                                                                        device=DEVICE),) * 3):
+            variants.append(("gluon", gluon))
+    except ImportError:
+        pass
+    variants += [("triton, fuse none", TritonBlockSparse(fuse_permutation="none")),
+                 ("triton, fuse qkv", TritonBlockSparse(fuse_permutation="qkv"))]
+    return variants
+
+
 def section_check(shape_keys):
     """Our kernel against the PyTorch block-sparse reference on a few heads at realistic sizes."""
     from sparseattn.clustering.triton_kmeans import TritonKMeans
@@ -211,19 +230,24 @@ def section_check(shape_keys):
         layout, _ = kmeans_layout(q, k, shape, TritonKMeans(), iters_cold=10)
         for dtype in (torch.bfloat16, torch.float16):
             qd, kd, vd = (t.to(dtype) for t in (q, k, v))
-            for density in (0.15,):
-                mask = select_by_density(layout, density, shape["text"])
-                kern = TritonBlockSparse()
+            mask = select_by_density(layout, 0.15, shape["text"])
+            qg, kg, vg = (gather_tokens(t, o) for t, o in ((qd, layout.q_order), (kd, layout.kv_order),
+                                                           (vd, layout.kv_order)))
+            ref_p = TorchBlockSparse().run(TorchBlockSparse().plan(layout, mask, qg), qg, kg, vg)
+            ref = scatter_tokens(ref_p, layout.q_order)  # the reference in the original order
+            for label, kern in kernel_variants():
                 qp, kp, vp = kern.permute(qd, kd, vd, layout)
-                ok_perm = torch.equal(qp, gather_tokens(qd, layout.q_order)) and torch.equal(
-                    vp, gather_tokens(vd, layout.kv_order))
-                out = kern.run(kern.plan(layout, mask, qp), qp, kp, vp)
-                ref = TorchBlockSparse().run(TorchBlockSparse().plan(layout, mask, qp), qp, kp, vp)
-                back = kern.unpermute(out, layout)
-                ok_unperm = torch.equal(back, scatter_tokens(out, layout.q_order))
-                err = rel_err(out, ref)
-                rows.append((key, str(dtype).replace("torch.", ""), f"k-means {density:.2f}", err, ok_perm,
-                             ok_unperm, bool(torch.isfinite(out).all())))
+                out = kern.unpermute(kern.run(kern.plan(layout, mask, qp), qp, kp, vp), layout)
+                ok_perm = torch.equal(kp, kg) and torch.equal(vp, vg) if kp is not kd else True
+                rows.append((key, str(dtype).replace("torch.", ""), f"k-means 15%, {label}", rel_err(out, ref),
+                             ok_perm, True, bool(torch.isfinite(out).all())))
+            kern = TritonBlockSparse(fuse_permutation="none")
+            qp, kp, vp = kern.permute(qd, kd, vd, layout)
+            ok_perm = torch.equal(qp, qg) and torch.equal(kp, kg) and torch.equal(vp, vg)
+            out_p = kern.run(kern.plan(layout, mask, qp), qp, kp, vp)
+            ok_unperm = torch.equal(kern.unpermute(out_p, layout), scatter_tokens(out_p, layout.q_order))
+            rows.append((key, str(dtype).replace("torch.", ""), "permute / unpermute kernels exact", 0.0, ok_perm,
+                         ok_unperm, True))
         # edge cases at realistic N: one block with every token; single-token and empty blocks; select all / one
         b, h, n, d = q.shape
         edge_layouts = []
@@ -257,10 +281,11 @@ def section_check(shape_keys):
                              torch.rand(b, h, mf, mf, device=DEVICE, generator=g) < 0.15))
         for name, lay, sel in edge_layouts:
             mask = BlockMask(sel)
-            kern = TritonBlockSparse()
-            out = kern.run(kern.plan(lay, mask, q), q, k, v)
             ref = TorchBlockSparse().run(TorchBlockSparse().plan(lay, mask, q), q, k, v)
-            rows.append((key, "bfloat16", name, rel_err(out, ref), True, True, bool(torch.isfinite(out).all())))
+            for label, kern in kernel_variants()[:2]:
+                out = kern.run(kern.plan(lay, mask, q), q, k, v)
+                rows.append((key, "bfloat16", f"{name}, {label}", rel_err(out, ref), True, True,
+                             bool(torch.isfinite(out).all())))
         del q, k, v
         empty_cache()
     log("\n## Correctness at realistic N (2 heads), ours vs kernels/reference.py TorchBlockSparse (fp32 math)")
@@ -343,8 +368,8 @@ def section_dense_and_kernel(shape_keys, quick=False, sweep=False):
         log(f"  query block sizes: mean {qs.mean():.0f}, median {qs.median():.0f}, max {qs.max():.0f}, "
             f"empty {(qs == 0).float().mean():.1%}; key block sizes: mean {layout.k_sizes.float().mean():.0f}, "
             f"max {layout.k_sizes.max()}, empty {(layout.k_sizes == 0).float().mean():.1%}")
-        kern = TritonBlockSparse()
-        qp, kp, vp = kern.permute(q, k, v, layout)
+        variants = kernel_variants()
+        inputs = {label: kern.permute(q, k, v, layout) for label, kern in variants}
         for density in DENSITIES:
             if flex is not None:
                 try:
@@ -354,31 +379,38 @@ def section_dense_and_kernel(shape_keys, quick=False, sweep=False):
                     log(f"  FlexAttention {density}: failed ({type(exc).__name__}: {str(exc)[:300]})")
             mask = select_by_density(layout, density, shape["text"])
             dens = float(mask.density(layout).mean())
-            plan_ms = timed(lambda: kern.plan(layout, mask, qp), 500)
-            plan = kern.plan(layout, mask, qp)  # (a plan is valid until the next plan() of the same kernel)
-            ms = timed(lambda: kern.run(plan, qp, kp, vp), 2000)
-            computed, useful = kern.computed_pairs(plan).tolist()
-            rows.append((f"ours (triton) {density:.0%}", dens, ms, 4 * d * useful / ms / 1e9, 1 - useful / computed))
-            res.setdefault("ours", []).append(dict(target=density, density=dens, ms=ms, plan_ms=plan_ms,
-                                                   useful_pairs=useful, computed_pairs=computed,
-                                                   config=dict(block_m=kern.block_m, block_n=kern.block_n)))
-            waste = 1 - useful / computed
-            log(f"  ours @ {density:.0%}: plan {plan_ms:.2f} ms, run {ms:.2f} ms, tile waste {waste:.1%}")
+            for label, kern in variants:
+                qp, kp, vp = inputs[label]
+                plan_ms = timed(lambda: kern.plan(layout, mask, qp), 500)
+                plan = kern.plan(layout, mask, qp)  # (a plan is valid until the next plan() of the same kernel)
+                ms = timed(lambda: kern.run(plan, qp, kp, vp), 2000)
+                computed, useful = kern.computed_pairs(plan).tolist()
+                waste = 1 - useful / computed
+                rows.append((f"ours ({label}) {density:.0%}", dens, ms, 4 * d * useful / ms / 1e9, waste))
+                res.setdefault("ours", []).append(dict(kernel=label, target=density, density=dens, ms=ms,
+                                                       plan_ms=plan_ms, useful_pairs=useful, computed_pairs=computed))
+                log(f"  ours ({label}) @ {density:.0%}: plan {plan_ms:.2f} ms, run {ms:.2f} ms, tile waste {waste:.1%}")
+                kern._buffers.clear()
+        del inputs
         # our kernel on one block holding every token: its dense efficiency, free of any waste
         from sparseattn.interfaces import BlockMask
 
         one = fixed_block_layout(b, h, n, d, n)
-        plan = kern.plan(one, BlockMask(torch.ones(b, h, 1, 1, dtype=torch.bool, device=DEVICE)), q)
-        ms = timed(lambda: kern.run(plan, q, k, v), 2500)
-        rows.append(("ours, dense (one block)", 1.0, ms, 4 * d * dense_pairs / ms / 1e9, 0.0))
+        for label, kern in variants[:2]:
+            plan = kern.plan(one, BlockMask(torch.ones(b, h, 1, 1, dtype=torch.bool, device=DEVICE)), q)
+            ms = timed(lambda: kern.run(plan, q, k, v), 2500)
+            rows.append((f"ours ({label}), dense (one block)", 1.0, ms, 4 * d * dense_pairs / ms / 1e9, 0.0))
+            kern._buffers.clear()
+        kern = variants[0][1]
+        qp, kp, vp = kern.permute(q, k, v, layout)
         if sweep and key == "wan":
             section_sweep(key, layout, qp, kp, vp, shape)
         res["table"] = [dict(method=r[0], density=r[1], ms=r[2], tflops=r[3], waste=r[4]) for r in rows]
-        log(f"\n{'method':34} {'density':>8} {'time ms':>9} {'eff TFLOP/s':>12} {'vs cuDNN':>9} {'waste':>6}")
+        log(f"\n{'method':40} {'density':>8} {'time ms':>9} {'eff TFLOP/s':>12} {'vs cuDNN':>9} {'waste':>6}")
         cudnn_tf = 4 * d * dense_pairs / ref_ms / 1e9 if ref_ms else float("nan")
         for name, dens, ms, tf, waste in rows:
             w = "" if waste is None else f"{waste:6.1%}"
-            log(f"{name:34} {dens:8.1%} {ms:9.2f} {tf:12.0f} {tf / cudnn_tf:9.2f} {w:>6}")
+            log(f"{name:40} {dens:8.1%} {ms:9.2f} {tf:12.0f} {tf / cudnn_tf:9.2f} {w:>6}")
         del q, k, v, qp, kp, vp, layout
         kern._buffers.clear()
         empty_cache()
@@ -466,6 +498,12 @@ def section_kmeans(quick=False):
     empty_cache()
 
 
+def _top_p_torch(scores):
+    from sparseattn.budgets import top_p_reference
+
+    return top_p_reference(scores, 0.9, max(int(0.1 * scores.shape[-1]), 1))
+
+
 def section_overhead():
     """SVG2's pieces at the Wan shape, warm, each timed alone; compared with cuDNN dense attention."""
     from sparseattn.budgets import TopP
@@ -497,33 +535,47 @@ def section_overhead():
     rows.append(("  of which q only", timed(lambda: km.fit(qx, cq, 2, tol=1e-4))))
     rows.append(("  of which k only", timed(lambda: km.fit(kx, ck, 2, tol=1e-4))))
 
-    def orders():
-        return torch.argsort(rq.labels, dim=-1, stable=True), torch.argsort(rk.labels, dim=-1, stable=True)
+    def orders():  # as the kmeans permuter does it: int16 keys (2 radix passes)
+        return (torch.argsort(rq.labels.to(torch.int16), dim=-1, stable=True),
+                torch.argsort(rk.labels.to(torch.int16), dim=-1, stable=True))
 
-    rows.append(("token orders (stable argsort of labels, q and k)", timed(orders)))
+    rows.append(("token orders (stable argsort of int16 labels, q and k)", timed(orders)))
     qo, ko = orders()
     lay = Layout(qo.reshape(b, h, n), ko.reshape(b, h, n), rq.sizes.reshape(b, h, -1), rk.sizes.reshape(b, h, -1),
                  rq.centroids.reshape(b, h, -1, d), rk.centroids.reshape(b, h, -1, d))
-    rows.append(("scoring (centroid softmax, fp32)", timed(lambda: ident.score(None, None, lay))))
-    scores = ident.score(None, None, lay)
-    rows.append(("selection (top-p 0.9, min_ratio 0.1)", timed(lambda: budget.select(scores, lay))))
+    rows.append(("scoring (centroid softmax, fp32)", timed(lambda: ident.score(q, k, lay))))
+    scores = ident.score(q, k, lay)
+    rows.append(("selection (top-p 0.9, min_ratio 0.1; one Triton launch)", timed(lambda: budget.select(scores, lay))))
     mask = budget.select(scores, lay)
     density = float(mask.density(lay).mean())
-    rows.append(("permute q, k, v (one fused launch)", timed(lambda: kern.permute(q, k, v, lay))))
+    rows.append(("permute k, v (one launch; q is read through its order)", timed(lambda: kern.permute(q, k, v, lay))))
     qp, kp, vp = kern.permute(q, k, v, lay)
-    rows.append(("plan (key lists + work items)", timed(lambda: kern.plan(lay, mask, qp))))
     plan = kern.plan(lay, mask, qp)
     out = kern.run(plan, qp, kp, vp)
-    rows.append(("un-permute output", timed(lambda: kern.unpermute(out, lay))))
+    rows.append(("un-permute output (none: rows are written in place)", timed(lambda: kern.unpermute(out, lay))))
     overhead = sum(ms for name, ms in rows if not name.startswith("  "))
+    plan_ms = timed(lambda: kern.plan(lay, mask, qp))
+    plan = kern.plan(lay, mask, qp)
     attn = timed(lambda: kern.run(plan, qp, kp, vp))
+    copies = TritonBlockSparse(fuse_permutation="none")
+    comparison = [
+        ("  permute q, k, v (fuse_permutation none)", timed(lambda: copies.permute(q, k, v, lay))),
+        ("  un-permute output (fuse_permutation none)", timed(lambda: copies.unpermute(out, lay))),
+        ("  selection, torch sort path", timed(lambda: _top_p_torch(scores))),
+    ]
     log(f"\n## SVG2 overhead at the Wan shape (top-p 0.9 / min 0.1 gives density {density:.1%}); "
         f"cuDNN dense {cudnn:.1f} ms")
     log(f"{'piece':58} {'ms':>8} {'% of cuDNN dense':>17}")
     for name, ms in rows:
         log(f"{name:58} {ms:8.3f} {100 * ms / cudnn:16.2f}%")
-    log(f"{'total overhead':58} {overhead:8.3f} {100 * overhead / cudnn:16.2f}%")
+    log(f"{'total overhead (the pieces above)':58} {overhead:8.3f} {100 * overhead / cudnn:16.2f}%")
+    log(f"{'plan (key lists + work items)':58} {plan_ms:8.3f} {100 * plan_ms / cudnn:16.2f}%")
+    log(f"{'total overhead + plan':58} {overhead + plan_ms:8.3f} {100 * (overhead + plan_ms) / cudnn:16.2f}%")
     log(f"{'sparse attention kernel (this mask)':58} {attn:8.3f} {100 * attn / cudnn:16.2f}%")
+    log("for comparison (not counted above):")
+    for name, ms in comparison:
+        log(f"{name:58} {ms:8.3f} {100 * ms / cudnn:16.2f}%")
+    rows += comparison + [("plan (key lists + work items)", plan_ms)]
     RESULTS["overhead"] = dict(rows=rows, total_ms=overhead, cudnn_ms=cudnn, density=density, attn_ms=attn)
     del q, k, v, qp, kp, vp
     kern._buffers.clear()
@@ -545,36 +597,46 @@ def section_whole(budgets=("density",)):
         "density": {"name": "density", "density": 0.15},
         "top_p": {"name": "top_p", "p": 0.9, "min_ratio": 0.1},
     }
-    for bname in budgets:
+    runs = [(bname, "triton") for bname in budgets]
+    runs.insert(1, (budgets[0], {"name": "triton", "fuse_permutation": "none"}))  # the permuted-copies pipeline
+    for bname, kernel in runs:
         strategy = load_strategy(
             "svg2",
             permuter={"name": "kmeans", "q_clusters": shape["cq"], "k_clusters": shape["ck"], "iters_first": 20,
                       "iters_warm": 2, "tol": 1e-4, "clusterer": "triton"},
-            budget=specs[bname], kernel="triton",
+            budget=specs[bname], kernel=kernel,
         )
+        label = bname if kernel == "triton" else f"{bname}, copies"
         strategy.check_inputs = False  # validation reads q, k, v and syncs; not part of the attention path
         ctx = AttentionContext(layer=5, num_layers=40, step=30, num_steps=50, grid=shape["grid"])
         out = strategy(q, k, v, ctx)  # cold: fills the centroid cache
         plan = strategy.plan(q, k, ctx)
         density = float(plan.density.mean())
         ms = timed(lambda: strategy(q, k, v, ctx), 3000)
+        kern = strategy.kernel
+        qp, kp, vp = kern.permute(q, k, v, plan.layout)
+        kplan = kern.plan(plan.layout, plan.mask, qp)
+        attn_ms = timed(lambda: kern.run(kplan, qp, kp, vp), 1500)
+        del qp, kp, vp, kplan
         ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
         err = rel_err(out, ref)
-        rows.append((bname, density, ms, cudnn / ms, err))
-        if DEVICE == "cuda" and bname == budgets[0]:
+        rows.append((label, density, ms, cudnn / ms, err, attn_ms))
+        if DEVICE == "cuda" and (bname, kernel) == runs[0]:
             from torch.profiler import ProfilerActivity, profile
 
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 strategy(q, k, v, ctx)
                 torch.cuda.synchronize()
-            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60)
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60)
             log(f"\n  profile of one warm call (budget {bname}, density {density:.1%}):\n{table}")
             RESULTS["whole_profile"] = table
     log(f"\n## Whole SVG2 call (Strategy: k-means 2 warm iterations, centroid scores, budget, triton kernel, "
         f"un-permute), Wan shape; cuDNN dense {cudnn:.1f} ms")
-    log(f"{'budget':10} {'density':>8} {'ms':>9} {'speedup vs cuDNN':>17} {'rel err vs dense':>17}")
+    log(f"{'budget':16} {'density':>8} {'ms':>9} {'speedup vs cuDNN':>17} {'rel err vs dense':>17} "
+        f"{'kernel ms':>10} {'rest ms':>8} {'rest % cuDNN':>12}")
     for r in rows:
-        log(f"{r[0]:10} {r[1]:8.1%} {r[2]:9.2f} {r[3]:16.2f}× {r[4]:17.3f}")
+        log(f"{r[0]:16} {r[1]:8.1%} {r[2]:9.2f} {r[3]:16.2f}× {r[4]:17.3f} {r[5]:10.2f} {r[2] - r[5]:8.2f} "
+            f"{100 * (r[2] - r[5]) / cudnn:11.2f}%")
     RESULTS["whole"] = dict(rows=rows, cudnn_ms=cudnn)
     del q, k, v
     empty_cache()

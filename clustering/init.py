@@ -19,11 +19,10 @@ def init_centroids(x: Tensor, num_clusters: int, method: str = "random", seed: i
     if not 1 <= num_clusters <= n:
         raise ValueError(f"num_clusters must be in [1, N={n}], got {num_clusters}")
     generator = torch.Generator().manual_seed(seed)
-    x = x.float()
     if method == "random":
         picks = torch.rand(groups, n, generator=generator).argsort(dim=-1)[:, :num_clusters].to(x.device)
-        return torch.gather(x, 1, picks.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-    return _kmeans_plus_plus(x, num_clusters, generator)
+        return torch.gather(x, 1, picks.unsqueeze(-1).expand(-1, -1, x.shape[-1])).float()
+    return _kmeans_plus_plus(x.float(), num_clusters, generator)
 
 
 def _kmeans_plus_plus(x: Tensor, num_clusters: int, generator: torch.Generator) -> Tensor:

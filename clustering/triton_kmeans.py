@@ -1,12 +1,17 @@
 """Flash k-means in Triton (clusterer ``triton``): batched Lloyd iterations without the N×C distance matrix.
 
-One iteration is two launches:
+One iteration is two launches (plus one before the first: the starting centroids' copies and ‖c‖²):
   * assign: a program owns ``block_points`` points of one group; it streams the group's centroids in tiles of
-    ``block_centroids`` through the matrix units (‖c‖² − 2·x·c, fp32 accumulate) keeping a running (min, argmin)
-    per point, writes the labels, and adds its points into per-cluster fp32 sums and counts with atomics
-    (the centroid update as a scatter-reduction; nothing of size N×C ever exists);
-  * update: means of the sums (an empty cluster keeps its centroid), the rounded copy the next assign reads,
-    ‖c‖², sizes, the largest centroid shift (an atomic max, for ``tol``), and zeroes the sums for the next round.
+    ``block_centroids`` through the matrix units (fp32 accumulate; the operand copy holds −2c, so a distance is
+    x·(−2c) + ‖x‖² + ‖c‖², one add) and keeps a running minimum per (point, column slot) across the tiles, reduced
+    over the slots once at the end. Packed argmin (all precisions but ``ieee``): the tile number replaces the few low
+    bits of the distance (a relative truncation ≤ 2^(bits−23), far below the bf16 operand rounding), so value and
+    index are one float min; ``ieee`` keeps an exact compare-and-select with the first index winning a tie. It writes
+    the labels and adds its points into per-cluster fp32 sums and counts with atomics (the centroid update as a
+    scatter-reduction; nothing of size N×C ever exists);
+  * update: means of the sums (an empty cluster keeps its centroid), the rounded (×−2) operand copy the next assign
+    reads, ‖c‖², sizes, the largest centroid shift (an atomic max, for ``tol``), and zeroes the sums for the next
+    round. float16 inputs keep c itself in the operand copy (−2c could overflow) and subtract 2·x·c after the product.
 All iterations are launched back to back with no host synchronisation, also when ``tol`` > 0: the stop test runs on
 the device (every launch first reads the shifts of the earlier rounds and returns at once if one was below tol), so
 a fit can be captured in a CUDA graph. Summation order of the atomics is not fixed, so centroids may differ from run
@@ -52,6 +57,9 @@ def _assign_kernel(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, MAX_IT: tl.constexpr,
     USE_TOL: tl.constexpr, DOT_MODE: tl.constexpr,  # 0: low-precision operands, 1: tf32, 2: ieee fp32, 3: emulate 0
     LOW_FP16: tl.constexpr, ACCUMULATE: tl.constexpr = True,
+    TILE_BITS: tl.constexpr = 0,  # > 0: packed argmin (tile number in the distance's low bits); 0: exact argmin
+    ASM: tl.constexpr = False,  # packed argmin's and-or as one inline lop3 (not in the interpreter)
+    FOLD: tl.constexpr = True,  # CD holds −2c: distances come straight out of the matrix units (modes 1–3 always)
 ):
     pid = tl.program_id(0)
     g = tl.program_id(1).to(tl.int64)
@@ -61,6 +69,7 @@ def _assign_kernel(
     if not skip:
         rows = pid * BLOCK_P + tl.arange(0, BLOCK_P)
         cols = tl.arange(0, BLOCK_D)
+        slots = tl.arange(0, BLOCK_C)
         rmask = rows < N
         dmask = cols < D
         x = tl.load(X + g * sxg + rows[:, None].to(tl.int64) * sxn + cols[None, :],
@@ -74,25 +83,57 @@ def _assign_kernel(
                 xd = x.to(tl.bfloat16).to(tl.float32)
         else:
             xd = x.to(tl.float32)
-        best = tl.full([BLOCK_P], float("inf"), dtype=tl.float32)
-        best_idx = tl.zeros([BLOCK_P], dtype=tl.int32)
+        xsq = tl.sum(xd.to(tl.float32) * xd.to(tl.float32), 1)  # of the rounded x the matrix units see
+        if TILE_BITS > 0:
+            far = 1.0e38  # finite: inf with tile bits set would be a NaN
+        else:
+            far = float("inf")
+        # Running minimum per (point, column slot) across the centroid tiles: one min per distance, the row
+        # reduction once at the end. Packed: the tile number replaces the TILE_BITS low bits of the distance (a
+        # relative truncation ≤ 2^(TILE_BITS−23), far below bf16 operand rounding), so value and index are one min.
+        best = tl.full([BLOCK_P, BLOCK_C], float("inf"), dtype=tl.float32)
+        best_t = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.int32)
         c_base = CD + g * C * BLOCK_D
-        for c0 in range(0, C, BLOCK_C):
-            cen = c0 + tl.arange(0, BLOCK_C)
+        n_tiles = tl.cdiv(C, BLOCK_C)
+        for t in range(0, n_tiles):
+            cen = t * BLOCK_C + slots
             cmask = cen < C
             c = tl.load(c_base + cen[:, None] * BLOCK_D + cols[None, :], mask=cmask[:, None], other=0.0)
+            csq = tl.load(CSQ + g * C + cen, mask=cmask, other=far)
+            base = xsq[:, None] + csq[None, :]
             if DOT_MODE == 0:
-                dots = tl.dot(xd, tl.trans(c))
+                if FOLD:  # CD holds −2c (exact): x·(−2c) + (‖x‖² + ‖c‖²), one add per distance
+                    dist = tl.dot(xd, tl.trans(c)) + base
+                else:
+                    dist = base - 2.0 * tl.dot(xd, tl.trans(c))
             elif DOT_MODE == 1:
-                dots = tl.dot(xd, tl.trans(c), input_precision="tf32")
+                dist = tl.dot(xd, tl.trans(c), acc=base, input_precision="tf32")
             else:
-                dots = tl.dot(xd, tl.trans(c.to(tl.float32)), input_precision="ieee")
-            csq = tl.load(CSQ + g * C + cen, mask=cmask, other=float("inf"))
-            dist = csq[None, :] - 2.0 * dots
-            tile_min, tile_arg = tl.min(dist, 1, return_indices=True)
-            better = tile_min < best
-            best = tl.where(better, tile_min, best)
-            best_idx = tl.where(better, tile_arg.to(tl.int32) + c0, best_idx)
+                dist = tl.dot(xd, tl.trans(c.to(tl.float32)), acc=base, input_precision="ieee")
+            if TILE_BITS > 0:
+                bits = dist.to(tl.int32, bitcast=True)
+                if ASM:  # one LOP3 for the and-or (ptxas otherwise emits two: the mask is an immediate, t uniform)
+                    packed = tl.inline_asm_elementwise(
+                        "lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,r,r",
+                        [bits, tl.full([BLOCK_P, BLOCK_C], ~((1 << TILE_BITS) - 1), tl.int32),
+                         tl.full([BLOCK_P, BLOCK_C], t, tl.int32)],
+                        dtype=tl.int32, is_pure=True, pack=1).to(tl.float32, bitcast=True)
+                else:
+                    packed = ((bits & ~((1 << TILE_BITS) - 1)) | t).to(tl.float32, bitcast=True)
+                best = tl.minimum(best, packed)
+            else:
+                better = dist < best  # strict: the first tile wins a tie
+                best = tl.where(better, dist, best)
+                best_t = tl.where(better, t, best_t)
+        if TILE_BITS > 0:
+            low, slot = tl.min(best, 1, return_indices=True)
+            best_idx = (low.to(tl.int32, bitcast=True) & ((1 << TILE_BITS) - 1)) * BLOCK_C + slot.to(tl.int32)
+            best_idx = tl.where(best_idx < C, best_idx, 0)  # a row of NaN or huge distances: cluster 0
+        else:
+            low = tl.min(best, 1)
+            cand = tl.where(best == low[:, None], best_t * BLOCK_C + slots[None, :], 2147483647)
+            best_idx = tl.min(cand, 1)  # the lowest index among the minima, as torch's argmin
+            best_idx = tl.where(best_idx < C, best_idx, 0)  # a row of NaN distances: cluster 0
         tl.store(LABELS + g * N + rows, best_idx.to(tl.int64), mask=rmask)
         if ACCUMULATE:
             _accumulate(X, SUMS, COUNTS, g, rows, cols, rmask, dmask, best_idx, C, D, sxg, sxn, BLOCK_P)
@@ -111,11 +152,19 @@ def _accumulate(X, SUMS, COUNTS, g, rows, cols, rmask, dmask, best_idx, C, D, sx
 
 
 @triton.jit
+def _store_operand(CD, g, C, cen, cols, rf, mask, BLOCK_D: tl.constexpr, FOLD: tl.constexpr):
+    """The centroids as the assignment's matrix operand: rounded, times −2 when FOLD (exact, a power of two)."""
+    if FOLD:
+        rf = rf * -2.0
+    tl.store(CD + (g * C + cen)[:, None] * BLOCK_D + cols[None, :], rf.to(CD.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _update_kernel(
     CENT, CD, CSQ, SUMS, COUNTS, SIZES, SHIFT,
     it, tol, C, D,
     BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, MAX_IT: tl.constexpr, USE_TOL: tl.constexpr,
-    ROUND_LOW: tl.constexpr, LOW_FP16: tl.constexpr,
+    ROUND_LOW: tl.constexpr, LOW_FP16: tl.constexpr, FOLD: tl.constexpr,
 ):
     pid = tl.program_id(0)
     g = tl.program_id(1).to(tl.int64)
@@ -138,10 +187,9 @@ def _update_kernel(
                 rf = new.to(tl.float16).to(tl.float32)
             else:
                 rf = new.to(tl.bfloat16).to(tl.float32)
-            tl.store(CD + (g * C + cen)[:, None] * BLOCK_D + cols[None, :], rf.to(CD.dtype.element_ty), mask=mask)
         else:
-            tl.store(CD + (g * C + cen)[:, None] * BLOCK_D + cols[None, :], new.to(CD.dtype.element_ty), mask=mask)
             rf = new
+        _store_operand(CD, g, C, cen, cols, rf, mask, BLOCK_D, FOLD)
         tl.store(CSQ + g * C + cen, tl.sum(rf * rf, 1), mask=cmask)
         tl.store(SIZES + g * C + cen, counts.to(tl.int64), mask=cmask)
         if USE_TOL:
@@ -150,6 +198,33 @@ def _update_kernel(
             tl.atomic_max(SHIFT + it, tl.max(tl.where(cmask, shift, 0.0), 0))
         tl.store(SUMS + off, tl.zeros([BLOCK_C, BLOCK_D], dtype=tl.float32), mask=mask)
         tl.store(COUNTS + g * C + cen, tl.zeros([BLOCK_C], dtype=tl.int32), mask=cmask)
+
+
+@triton.jit
+def _prepare_kernel(
+    SRC, CENT, CD, CSQ, C, D, ssg, ssc,
+    BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, ROUND_LOW: tl.constexpr, LOW_FP16: tl.constexpr,
+    FOLD: tl.constexpr,
+):
+    """The starting centroids in one launch: the fp32 copy, the (rounded, zero-padded) operand copy, ‖c‖²."""
+    pid = tl.program_id(0)
+    g = tl.program_id(1).to(tl.int64)
+    cen = pid * BLOCK_C + tl.arange(0, BLOCK_C)
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cen < C
+    mask = cmask[:, None] & (cols[None, :] < D)
+    src = tl.load(SRC + g * ssg + cen[:, None].to(tl.int64) * ssc + cols[None, :], mask=mask, other=0.0)
+    new = src.to(tl.float32)
+    tl.store(CENT + (g * C + cen)[:, None] * D + cols[None, :], new, mask=mask)
+    if ROUND_LOW:
+        if LOW_FP16:
+            rf = new.to(tl.float16).to(tl.float32)
+        else:
+            rf = new.to(tl.bfloat16).to(tl.float32)
+    else:
+        rf = new
+    _store_operand(CD, g, C, cen, cols, rf, cmask[:, None], BLOCK_D, FOLD)  # padding columns: zeros
+    tl.store(CSQ + g * C + cen, tl.sum(rf * rf, 1), mask=cmask)
 
 
 @register("clusterer", "triton")
@@ -165,9 +240,12 @@ class TritonKMeans(Clusterer):
     block_points: int = 0  # 0: by cluster count (tuned on H100, see benchmarks/NOTES.md)
     block_centroids: int = 0
     num_warps: int = 0
-    num_stages: int = 3
+    num_stages: int = 4
     check_finite: bool = False
     _accumulate: bool = field(default=True, repr=False)  # False: assignment only (a diagnostic for benchmarks)
+    _argmin: str = field(default="auto", repr=False)  # auto | packed | exact (a diagnostic for benchmarks)
+    _asm: bool = field(default=True, repr=False)  # False: the packed argmin's and-or without inline PTX (diagnostic)
+    _fold: bool = field(default=True, repr=False)  # False: ‖c‖² − 2x·c after the product (a diagnostic)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -217,28 +295,31 @@ class TritonKMeans(Clusterer):
             cd_dtype = low if mode == 0 else torch.float32
         round_low = self.precision == "bf16"
 
-        cent = centroids.detach().to(torch.float32).contiguous().clone()
-        cd = torch.zeros(groups, c, block_d, dtype=cd_dtype, device=device)
-        if round_low:
-            rounded = cent.to(low).to(torch.float32)
-        else:
-            rounded = cent
-        cd[:, :, :d] = rounded.to(cd_dtype)
-        csq = (rounded * rounded).sum(-1).contiguous()
+        src = centroids.detach()
+        if src.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            src = src.float()
+        if src.stride(-1) != 1:
+            src = src.contiguous()
+        cent = torch.empty(groups, c, d, dtype=torch.float32, device=device)
+        cd = torch.empty(groups, c, block_d, dtype=cd_dtype, device=device)
+        csq = torch.empty(groups, c, dtype=torch.float32, device=device)
         labels = torch.empty(groups, n, dtype=torch.int64, device=device)
-        sums = torch.zeros(groups, c, d, dtype=torch.float32, device=device)
-        counts = torch.zeros(groups, c, dtype=torch.int32, device=device)
         sizes = torch.empty(groups, c, dtype=torch.int64, device=device)
+        # sums, counts and the shifts zeroed in one launch (the update kernel re-zeroes sums and counts)
+        n_iter = max(iters, 1)
+        work = torch.zeros(groups * c * d + groups * c + n_iter, dtype=torch.float32, device=device)
+        sums = work[: groups * c * d].view(groups, c, d)
+        counts = work[groups * c * d: groups * c * (d + 1)].view(torch.int32).view(groups, c)
+        shift = work[groups * c * (d + 1):]
         use_tol = tol > 0
-        shift = torch.zeros(max(iters, 1), dtype=torch.float32, device=device)
         max_it = triton.next_power_of_2(max(iters, 2))
 
-        # H100, D=128: few clusters → 128 points × 64 centroids, 8 warps; many → 64 × 128, 4 warps (two programs
-        # per multiprocessor, so one's argmin overlaps the other's matrix products).
-        small = c <= 512
-        bp = self.block_points or (128 if small else 64)
-        bc = self.block_centroids or (64 if small else 128)
-        warps = self.num_warps or (8 if bp >= 128 else 4)
+        # H100, D=128, 300 and 1,000 clusters (benchmarks/kmeans_dev.py): 128 points × 64 centroids, 4 warps, 4 stages
+        # was fastest for both (~220 registers, two programs per multiprocessor); 64 × 128, 128 × 128 and 256 × 64
+        # (8 warps) were slower.
+        bp = self.block_points or 128
+        bc = self.block_centroids or 64
+        warps = self.num_warps or 4
         stages = self.num_stages
         if interp:
             warps, stages = 4, 1
@@ -246,13 +327,29 @@ class TritonKMeans(Clusterer):
             bp, bc = min(bp, 32), min(bc, 32)
         elif cd_dtype == torch.float32:  # fp32 centroid tiles: twice the shared memory per stage
             bc, stages = min(bc, 64), min(stages, 2)
+        tiles = triton.cdiv(c, bc)
+        tile_bits = max(1, (tiles - 1).bit_length())
+        argmin = self._argmin
+        if argmin == "auto":
+            argmin = "exact" if mode == 2 or tile_bits > 8 else "packed"
+        tile_bits = tile_bits if argmin == "packed" else 0
+        # bf16: the operand copy holds −2c, so distances come straight out of the matrix units; float16 keeps c
+        # (−2c could overflow); the fp32 modes always fold.
+        fold = mode != 0 or (self._fold and low != torch.float16)
         upd_block = 32
+        _prepare_kernel[(triton.cdiv(c, upd_block), groups)](
+            src, cent, cd, csq, c, d, src.stride(0), src.stride(1),
+            BLOCK_C=upd_block, BLOCK_D=block_d, ROUND_LOW=round_low, LOW_FP16=low == torch.float16, FOLD=fold,
+            num_warps=4,
+        )
         for it in range(iters):
             _assign_kernel[(triton.cdiv(n, bp), groups)](
                 x, cd, csq, labels, sums, counts, shift,
                 it, float(tol), n, c, d, x.stride(0), x.stride(1),
                 BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=block_d, MAX_IT=max_it, USE_TOL=use_tol, DOT_MODE=mode,
-                LOW_FP16=low == torch.float16, ACCUMULATE=self._accumulate, num_warps=warps, num_stages=stages,
+                LOW_FP16=low == torch.float16, ACCUMULATE=self._accumulate, TILE_BITS=tile_bits, ASM=self._asm and not interp,
+                FOLD=fold,
+                num_warps=warps, num_stages=stages,
             )
             if not self._accumulate:  # diagnostic: assignment only
                 continue
@@ -260,7 +357,6 @@ class TritonKMeans(Clusterer):
                 cent, cd, csq, sums, counts, sizes, shift,
                 it, float(tol), c, d,
                 BLOCK_C=upd_block, BLOCK_D=block_d, MAX_IT=max_it, USE_TOL=use_tol, ROUND_LOW=round_low,
-                LOW_FP16=low == torch.float16,
-                num_warps=4,
+                LOW_FP16=low == torch.float16, FOLD=fold, num_warps=4,
             )
         return KMeansResult(labels=labels, centroids=cent, sizes=sizes)

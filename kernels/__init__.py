@@ -1,7 +1,8 @@
 """Attention kernels behind the `SparseKernel` interface (installed as ``sparseattn.kernels``).
 
 ``torch``: block-sparse reference in PyTorch (any device); ``sdpa``: dense attention; ``auto``: the first kernel in
-its preference list that supports the inputs (Triton on CUDA, the reference elsewhere).
+its preference list that supports the inputs (Triton on CUDA, the reference elsewhere); ``triton``: the Triton kernel;
+``gluon``: the same with a Hopper (sm_90) main pass in Gluon, when triton.experimental.gluon is there.
 """
 # With the checkout root on sys.path this folder is also importable as a top-level `kernels`, a name transformers
 # imports to probe for Hugging Face's `kernels` package; registering the kernels under both names would fail.
@@ -14,3 +15,8 @@ if __name__ == "sparseattn.kernels":
         from . import triton_attention as _triton_attention  # noqa: F401
     except ImportError:
         pass
+    else:
+        try:  # the Hopper kernel needs triton.experimental.gluon (Triton ≥ 3.5); older Tritons still get 'triton'
+            from . import gluon_attention as _gluon_attention  # noqa: F401
+        except ImportError:
+            pass

@@ -20,6 +20,11 @@ Plan (on the GPU, no host synchronisation, no O(N²) tensor):
     (block, row tile) are laid out head-major with a fixed number of slots per head (Mq + ⌈N/block_m⌉ bounds the
     tile count, so the grid size is known without a sync), sorted by list length within a head, longest first;
     unused slots exit at once.
+Fused permutation (``fuse_permutation``): by default each program reads its query rows and writes its output rows
+through q_order, so q is never copied into the permuted order and the output needs no scatter (a row tile is read
+and written once, so the scattered rows cost nothing measurable); k and v are gathered into the key order, so key
+tiles are contiguous memory. With "qkv" the list entries are the keys' original positions instead (no copy of k,
+v either, but every key row is a scattered 256-byte read).
 Run: one program per work item streams its block's key list in tiles of ``block_n`` rows gathered by index (each
 row is a contiguous D-vector, loaded asynchronously through the software pipeline), online softmax in fp32 with
 exp2 and the scale folded into one FMA per score.
@@ -43,6 +48,7 @@ from sparseattn.registry import register
 from .triton_permute import gather_qkv, interpreting, mode_problem, scatter_rows
 
 LOG2E = 1.4426950408889634
+FUSE_MODES = ("q", "qkv", "none")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -50,24 +56,29 @@ LOG2E = 1.4426950408889634
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
 def _fill_lists_kernel(
-    KID, GAPSEL, LIST_OFF, LIST, N, MQ, MK,
-    BLOCK_T: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
+    KID, KV_IDS, GAPSEL, LIST_OFF, LIST, N, MQ, MK,
+    BLOCK_T: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr, HAS_KV_IDS: tl.constexpr,
 ):
     """Program (token tile, head, group of query blocks): for each query block i of the group, key token κ of key
-    block j = KID[κ] goes to list_i[κ − gap_i[j]] when j is selected (GAPSEL holds gap_i[j], or −1)."""
+    block j = KID[κ] goes to list_i[κ − gap_i[j]] when j is selected (GAPSEL holds gap_i[j], or −1). The list
+    entry is κ itself, or with KV_IDS the original position of permuted token κ."""
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     i0 = tl.program_id(2) * BLOCKS_PER_PROGRAM
     tok = pid * BLOCK_T + tl.arange(0, BLOCK_T)
     tmask = tok < N
     kid = tl.load(KID + bh * N + tok, mask=tmask, other=0)
+    if HAS_KV_IDS:
+        entry = tl.load(KV_IDS + bh * N + tok, mask=tmask, other=0)
+    else:
+        entry = tok
     row = GAPSEL + bh * MQ * MK
     for ii in tl.static_range(BLOCKS_PER_PROGRAM):  # unrolled: the blocks' loads are independent
         i = i0 + ii
         live = tmask & (i < MQ)
         gap = tl.load(row + i * MK + kid, mask=live, other=-1)
         base = tl.load(LIST_OFF + bh * MQ + i, mask=i < MQ, other=0)
-        tl.store(LIST + base + (tok - gap), tok, mask=live & (gap >= 0))
+        tl.store(LIST + base + (tok - gap), entry, mask=live & (gap >= 0))
 
 
 @triton.jit
@@ -94,25 +105,26 @@ def _row_gaps_kernel(
 # Attention kernel
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _qk(q, K, head_off, LIST, pos0, L, offs_d,
-        BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr):
-    """Scores q·kᵀ of one key tile (list positions pos0 … pos0 + BLOCK_N) and the tile's key indices."""
+def _qk(q, K, k_head, skn, LIST, pos0, L, offs_d,
+        BLOCK_N: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr):
+    """Scores q·kᵀ of one key tile (list positions pos0 … pos0 + BLOCK_N) and the tile's key rows."""
     offs_n = pos0 + tl.arange(0, BLOCK_N)
     if MASKED:
         idx = tl.load(LIST + offs_n, mask=offs_n < L, other=0)
     else:
         idx = tl.load(LIST + offs_n)
-    k = tl.load(K + head_off + idx[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :])
+    rows = idx[:, None].to(tl.int64)
+    k = tl.load(K + k_head + rows * skn + offs_d[None, :])
     if UPCAST:
         s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
     else:
         s = tl.dot(q, tl.trans(k))
-    return s, idx
+    return s, rows
 
 
 @triton.jit
-def _softmax_pv(s, idx, V, head_off, pos0, L, m_i, l_i, acc, qk_scale, offs_d,
-                BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr):
+def _softmax_pv(s, rows, V, v_head, svn, pos0, L, m_i, l_i, acc, qk_scale, offs_d,
+                BLOCK_N: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr):
     """Online-softmax update with one tile of scores and the matching values."""
     if MASKED:
         s = tl.where((pos0 + tl.arange(0, BLOCK_N) < L)[None, :], s, float("-inf"))
@@ -121,7 +133,7 @@ def _softmax_pv(s, idx, V, head_off, pos0, L, m_i, l_i, acc, qk_scale, offs_d,
     p = tl.math.exp2(s * qk_scale - m_new[:, None])  # one FMA per score
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
-    v = tl.load(V + head_off + idx[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :])
+    v = tl.load(V + v_head + rows * svn + offs_d[None, :])
     if UPCAST:
         acc += tl.dot(p, v.to(tl.float32), input_precision="ieee")
     else:
@@ -131,48 +143,62 @@ def _softmax_pv(s, idx, V, head_off, pos0, L, m_i, l_i, acc, qk_scale, offs_d,
 
 @triton.jit
 def _sparse_attn_fwd_kernel(
-    Q, K, V, O,
+    Q, K, V, O, Q_ROWS,
     Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R,
-    qk_scale, N, MQ, SLOTS,
+    qk_scale, N, H, MQ, SLOTS,
+    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_Q_ROWS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     blk = tl.load(WORK_I + pid)
     if blk >= 0:
         r = tl.load(WORK_R + pid)
         bh = (pid // SLOTS).to(tl.int64)
+        b = bh // H
+        h = bh % H
         q_start = tl.load(Q_OFF + bh * (MQ + 1) + blk) + r * BLOCK_M
         q_end = tl.load(Q_OFF + bh * (MQ + 1) + blk + 1)
         L = tl.load(LENS + bh * MQ + blk)
         lst = LIST + tl.load(LIST_OFF + bh * MQ + blk)
-        head_off = bh * N * HEAD_DIM
 
         offs_m = q_start + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
         mrow = offs_m < q_end
-        q_off = head_off + offs_m[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
-        q = tl.load(Q + q_off, mask=mrow[:, None], other=0.0)
+        if HAS_Q_ROWS:  # the plan reads q and writes the output through the query order: no permuted copies
+            q_rows = tl.load(Q_ROWS + bh * N + offs_m, mask=mrow, other=0).to(tl.int64)
+        else:
+            q_rows = offs_m.to(tl.int64)
+        q = tl.load(Q + b * sqb + h * sqh + q_rows[:, None] * sqn + offs_d[None, :], mask=mrow[:, None], other=0.0)
+        k_head = b * skb + h * skh
+        v_head = b * svb + h * svh
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         n_full = L // BLOCK_N
         for t in range(0, n_full):
-            s, idx = _qk(q, K, head_off, lst, t * BLOCK_N, L, offs_d, BLOCK_N, HEAD_DIM, False, UPCAST)
-            m_i, l_i, acc = _softmax_pv(s, idx, V, head_off, t * BLOCK_N, L, m_i, l_i, acc, qk_scale,
-                                        offs_d, BLOCK_N, HEAD_DIM, False, UPCAST)
+            s, rows = _qk(q, K, k_head, skn, lst, t * BLOCK_N, L, offs_d, BLOCK_N, False, UPCAST)
+            m_i, l_i, acc = _softmax_pv(s, rows, V, v_head, svn, t * BLOCK_N, L, m_i, l_i, acc, qk_scale,
+                                        offs_d, BLOCK_N, False, UPCAST)
         if n_full * BLOCK_N < L:
-            s, idx = _qk(q, K, head_off, lst, n_full * BLOCK_N, L, offs_d, BLOCK_N, HEAD_DIM, True, UPCAST)
-            m_i, l_i, acc = _softmax_pv(s, idx, V, head_off, n_full * BLOCK_N, L, m_i, l_i, acc, qk_scale,
-                                        offs_d, BLOCK_N, HEAD_DIM, True, UPCAST)
+            s, rows = _qk(q, K, k_head, skn, lst, n_full * BLOCK_N, L, offs_d, BLOCK_N, True, UPCAST)
+            m_i, l_i, acc = _softmax_pv(s, rows, V, v_head, svn, n_full * BLOCK_N, L, m_i, l_i, acc, qk_scale,
+                                        offs_d, BLOCK_N, True, UPCAST)
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
         out = acc / l_safe[:, None]
-        tl.store(O + q_off, out.to(O.dtype.element_ty), mask=mrow[:, None])
+        o_ptr = O + b * sob + h * soh + q_rows[:, None] * son + offs_d[None, :]
+        tl.store(o_ptr, out.to(O.dtype.element_ty), mask=mrow[:, None])
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The SparseKernel
 # ----------------------------------------------------------------------------------------------------------------
+def _order_ids(order: Optional[Tensor], bh: int, n: int) -> Optional[Tensor]:
+    """A layout order [B, H, N] as contiguous int32 [BH, N] (None: the natural order)."""
+    return None if order is None else order.reshape(bh, n).to(torch.int32).contiguous()
+
+
 @dataclass
 class WorkList:
     """Work items of one launch: (query block, row tile) per slot, head-major with ``slots`` slots per head."""
@@ -196,6 +222,7 @@ class TritonPlan:
     shape: tuple  # (B, H, N, D)
     num_q_blocks: int
     generation: int  # which fill of the kernel's shared index buffer this plan's lists live in
+    q_rows: Optional[Tensor] = None  # [BH * N] int32 original row of each permuted query (fused permutation)
 
 
 @register("kernel", "triton")
@@ -209,6 +236,12 @@ class TritonBlockSparse(SparseKernel):
     (``None``: defaults tuned on H100, see benchmarks/NOTES.md). ``max_index_bytes``: largest key-index buffer
     sized from the sync-free upper bound B·H·Mq·N·4 bytes (beyond it the plan sizes the buffer exactly, which
     synchronises with the host). A plan is valid until the next ``plan()`` of the same object.
+    ``fuse_permutation``: which permutation the kernel does itself by reading through the layout's orders instead of
+    permuted copies. ``"q"`` (default): it reads query rows and writes output rows through q_order (no q copy, no
+    output scatter), and `permute` gathers k, v into the key order in one launch, so key tiles stay contiguous in
+    memory; ``"qkv"``: k, v are read through kv_order too (no copies at all, but rows scattered over memory, which
+    is slower when they miss L2: see docs/performance.md); ``"none"``: `permute` gathers q, k, v in one launch and
+    `unpermute` scatters the output.
     Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1`` (there float32 inputs are accepted too).
     """
 
@@ -219,9 +252,14 @@ class TritonBlockSparse(SparseKernel):
     num_warps: Optional[int] = None
     num_stages: Optional[int] = None
     max_index_bytes: int = 6 << 30
+    fuse_permutation: str = "q"
     _buffers: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.fuse_permutation not in FUSE_MODES:
+            raise ValueError(
+                f"fuse_permutation must be one of {', '.join(FUSE_MODES)}, got {self.fuse_permutation!r}"
+            )
         for name in ("block_m", "block_n", "tail_block_n"):
             value = getattr(self, name)
             if value < 16 or value & (value - 1):
@@ -258,12 +296,16 @@ class TritonBlockSparse(SparseKernel):
 
     # -- permutation ---------------------------------------------------------------------------------------------
     def permute(self, q: Tensor, k: Tensor, v: Tensor, layout: Layout) -> tuple[Tensor, Tensor, Tensor]:
-        if layout.q_order is None and layout.kv_order is None:
+        gather_q = self.fuse_permutation == "none" and layout.q_order is not None
+        gather_kv = self.fuse_permutation != "qkv" and layout.kv_order is not None
+        if not (gather_q or gather_kv):
             return q, k, v
-        return gather_qkv(q, k, v, layout.q_order, layout.kv_order)  # one launch for all three
+        qp, kp, vp = gather_qkv(q if gather_q else None, k if gather_kv else None, v if gather_kv else None,
+                                layout.q_order, layout.kv_order)  # one launch
+        return (qp if gather_q else q), (kp if gather_kv else k), (vp if gather_kv else v)
 
     def unpermute(self, out: Tensor, layout: Layout) -> Tensor:
-        return scatter_rows(out, layout.q_order)
+        return scatter_rows(out, layout.q_order) if self.fuse_permutation == "none" else out
 
     # -- plan ----------------------------------------------------------------------------------------------------
     def _index_buffer(self, capacity: int, device: torch.device) -> tuple[Tensor, int]:
@@ -279,6 +321,7 @@ class TritonBlockSparse(SparseKernel):
         return buf, generation
 
     def plan(self, layout: Layout, mask: BlockMask, q: Tensor) -> TritonPlan:
+        """Key lists and work items, for `run` on `permute`'s q, k, v (see ``fuse_permutation``)."""
         b, h, n, d = q.shape
         device = q.device
         bh = b * h
@@ -319,10 +362,15 @@ class TritonBlockSparse(SparseKernel):
         key_block = torch.repeat_interleave(
             torch.arange(mk, dtype=int32, device=device).repeat(bh), k_sizes.reshape(-1), output_size=bh * n
         ).reshape(bh, n)
+        kv_ids = q_rows = None
+        if self.fuse_permutation != "none":
+            q_rows = _order_ids(layout.q_order, bh, n)
+        if self.fuse_permutation == "qkv":
+            kv_ids = _order_ids(layout.kv_order, bh, n)
         block_t, per_program = (256, 64) if interpreting() else (1024, 16)
         _fill_lists_kernel[(triton.cdiv(n, block_t), bh, triton.cdiv(mq, per_program))](
-            key_block, gapsel, list_off, lists, n, mq, mk, BLOCK_T=block_t, BLOCKS_PER_PROGRAM=per_program,
-            num_warps=4,
+            key_block, kv_ids if kv_ids is not None else key_block, gapsel, list_off, lists, n, mq, mk,
+            BLOCK_T=block_t, BLOCKS_PER_PROGRAM=per_program, HAS_KV_IDS=kv_ids is not None, num_warps=4,
         )
 
         # Work items: (query block, row tile), head-major, longest list first within a head.
@@ -339,7 +387,7 @@ class TritonBlockSparse(SparseKernel):
             # at most one tail tile per block, starting after the block's full tiles
             passes.append(self._work_list(tail_tiles, lens, mq, tail, self.tail_block_n, full * (bm // tail)))
         return TritonPlan(q_off=q_off, lens=lens, list_off=list_off, lists=lists, passes=passes,
-                          shape=(b, h, n, d), num_q_blocks=mq, generation=generation)
+                          shape=(b, h, n, d), num_q_blocks=mq, generation=generation, q_rows=q_rows)
 
     @staticmethod
     def _work_list(tiles: Tensor, lens: Tensor, slots: int, bm: int, bn: int, first_row_tile) -> WorkList:
@@ -384,16 +432,19 @@ class TritonBlockSparse(SparseKernel):
                 "plan again before running (or use one kernel object per live plan)"
             )
         b, h, n, d = q.shape
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        out = torch.empty_like(q)
+        # Any strides with contiguous rows (e.g. [B, N, H, D] transposed to [B, H, N, D]) are read in place.
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        out = torch.empty(b, h, n, d, dtype=q.dtype, device=q.device)
+        q_rows = plan.q_rows
         for index, work in enumerate(plan.passes):
             warps, stages = self._launch_options(d, index == 0)
             _sparse_attn_fwd_kernel[(work.block.numel(),)](
-                q, k, v, out,
+                q, k, v, out, q_rows if q_rows is not None else work.block,
                 plan.q_off, plan.lens, plan.list_off, plan.lists, work.block, work.row_tile,
-                LOG2E / math.sqrt(d), n, plan.num_q_blocks, work.slots,
+                LOG2E / math.sqrt(d), n, h, plan.num_q_blocks, work.slots,
+                *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
                 BLOCK_M=work.block_m, BLOCK_N=work.block_n, HEAD_DIM=d,
-                UPCAST=interpreting() or q.dtype == torch.float32,
+                UPCAST=interpreting() or q.dtype == torch.float32, HAS_Q_ROWS=q_rows is not None,
                 num_warps=warps, num_stages=stages,
             )
         return out

@@ -51,7 +51,7 @@ def _gather_qkv_kernel(
     Q, K, V, QP, KP, VP, QO, KO,
     H, N, D,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
-    HAS_QO: tl.constexpr, HAS_KO: tl.constexpr, DO_K: tl.constexpr,
+    HAS_QO: tl.constexpr, HAS_KO: tl.constexpr, DO_Q: tl.constexpr, DO_K: tl.constexpr,
     BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -63,12 +63,13 @@ def _gather_qkv_kernel(
     rmask = rows < N
     mask = rmask[:, None] & (cols[None, :] < D)
     out_off = bh * N * D + rows[:, None].to(tl.int64) * D + cols[None, :]
-    if HAS_QO:
-        src = tl.load(QO + bh * N + rows, mask=rmask, other=0).to(tl.int64)
-    else:
-        src = rows.to(tl.int64)
-    x = tl.load(Q + b * sqb + h * sqh + src[:, None] * sqn + cols[None, :], mask=mask)
-    tl.store(QP + out_off, x, mask=mask)
+    if DO_Q:
+        if HAS_QO:
+            src = tl.load(QO + bh * N + rows, mask=rmask, other=0).to(tl.int64)
+        else:
+            src = rows.to(tl.int64)
+        x = tl.load(Q + b * sqb + h * sqh + src[:, None] * sqn + cols[None, :], mask=mask)
+        tl.store(QP + out_off, x, mask=mask)
     if DO_K:
         if HAS_KO:
             src = tl.load(KO + bh * N + rows, mask=rmask, other=0).to(tl.int64)
@@ -111,41 +112,43 @@ def _check_order(order: Optional[Tensor], b: int, h: int, n: int, device) -> Opt
 
 
 def gather_qkv(
-    q: Tensor, k: Optional[Tensor], v: Optional[Tensor], q_order: Optional[Tensor], kv_order: Optional[Tensor]
-) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    q: Optional[Tensor], k: Optional[Tensor], v: Optional[Tensor], q_order: Optional[Tensor],
+    kv_order: Optional[Tensor],
+) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """q by ``q_order``, k and v by ``kv_order``, in one launch; outputs are new contiguous tensors.
 
-    ``k`` and ``v`` may both be None (then only q is gathered). Orders are int64 [B, H, N] permutations.
+    Either ``q`` or both ``k`` and ``v`` may be None (that part is skipped and returned as None). Orders are
+    int64 or int32 [B, H, N] permutations.
     """
-    b, h, n, d = q.shape
-    do_k = k is not None
-    if do_k and (v is None or k.shape != q.shape or v.shape != q.shape):
-        raise ValueError("k and v must both be given with q's shape")
-    q = _last_dim_contiguous(q)
-    qp = torch.empty((b, h, n, d), dtype=q.dtype, device=q.device)
-    if do_k:
-        k = _last_dim_contiguous(k)
-        v = _last_dim_contiguous(v)
-        kp, vp = torch.empty_like(qp, dtype=k.dtype), torch.empty_like(qp, dtype=v.dtype)
-    else:
-        k, v, kp, vp = q, q, qp, qp
-    q_order = _check_order(q_order, b, h, n, q.device)
-    kv_order = _check_order(kv_order, b, h, n, q.device)
-    dummy = q_order if q_order is not None else (kv_order if kv_order is not None else qp)
+    do_q, do_k = q is not None, k is not None
+    if do_k and v is None:
+        raise ValueError("k and v must both be given (or both be None)")
+    if not (do_q or do_k):
+        raise ValueError("nothing to gather: q and k are both None")
+    ref = q if do_q else k
+    b, h, n, d = ref.shape
+    if any(t is not None and t.shape != ref.shape for t in (q, k, v)):
+        raise ValueError("q, k and v must have one shape")
+    q, k, v = (None if t is None else _last_dim_contiguous(t) for t in (q, k, v))
+    qp = torch.empty((b, h, n, d), dtype=q.dtype, device=q.device) if do_q else None
+    kp, vp = (torch.empty((b, h, n, d), dtype=t.dtype, device=t.device) for t in (k, v)) if do_k else (None, None)
+    q_order = _check_order(q_order, b, h, n, ref.device)
+    kv_order = _check_order(kv_order, b, h, n, ref.device)
+    dummy = next(t for t in (q_order, kv_order, ref) if t is not None)  # stands in for an absent pointer
+    src_q, dst_q = (q, qp) if do_q else (ref, ref)
+    src_k, src_v, dst_k, dst_v = (k, v, kp, vp) if do_k else (ref, ref, ref, ref)
     grid = (triton.cdiv(n, BLOCK_ROWS), b * h)
     _gather_qkv_kernel[grid](
-        q, k, v, qp, kp, vp,
+        src_q, src_k, src_v, dst_q, dst_k, dst_v,
         q_order if q_order is not None else dummy,
         kv_order if kv_order is not None else dummy,
         h, n, d,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        HAS_QO=q_order is not None, HAS_KO=kv_order is not None, DO_K=do_k,
+        *src_q.stride()[:3], *src_k.stride()[:3], *src_v.stride()[:3],
+        HAS_QO=q_order is not None, HAS_KO=kv_order is not None, DO_Q=do_q, DO_K=do_k,
         BLOCK_ROWS=BLOCK_ROWS, BLOCK_D=triton.next_power_of_2(d),
         num_warps=4,
     )
-    return qp, (kp if do_k else None), (vp if do_k else None)
+    return qp, kp, vp
 
 
 def scatter_rows(x: Tensor, order: Optional[Tensor]) -> Tensor:

@@ -30,12 +30,25 @@ class TopP(BudgetController):
     def select(self, scores: Tensor, layout: Layout) -> BlockMask:
         if self.p >= 1.0:  # reaching all the mass needs every block; avoids fp rounding of the cumulative sum
             return BlockMask(torch.ones_like(scores, dtype=torch.bool))
-        sorted_scores, order = scores.sort(dim=-1, descending=True)
-        mass_before = sorted_scores.cumsum(-1) - sorted_scores
-        ranks = torch.arange(scores.shape[-1], device=scores.device)
-        floor = int(self.min_ratio * scores.shape[-1])
-        keep = (mass_before < self.p * sorted_scores.sum(-1, keepdim=True)) | (ranks < max(floor, 1))
-        return BlockMask(torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, order, keep))
+        floor = max(int(self.min_ratio * scores.shape[-1]), 1)
+        if scores.is_cuda and scores.shape[-1] <= 8192:
+            try:
+                from sparseattn.kernels.triton_select import top_p_select
+            except ImportError:  # no triton: the torch path below
+                pass
+            else:
+                return BlockMask(top_p_select(scores, self.p, floor))
+        return BlockMask(top_p_reference(scores, self.p, floor))
+
+
+def top_p_reference(scores: Tensor, p: float, floor: int) -> Tensor:
+    """Per row of ``scores`` [..., Mk]: the fewest best blocks whose mass reaches ``p``, and at least the best
+    ``floor``; sort-based (any device)."""
+    sorted_scores, order = scores.sort(dim=-1, descending=True)
+    mass_before = sorted_scores.cumsum(-1) - sorted_scores
+    ranks = torch.arange(scores.shape[-1], device=scores.device)
+    keep = (mass_before < p * sorted_scores.sum(-1, keepdim=True)) | (ranks < floor)
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, order, keep)
 
 
 @register("budget", "top_k")
@@ -77,17 +90,19 @@ class FixedDensity(BudgetController):
 
     def select(self, scores: Tensor, layout: Layout) -> BlockMask:
         b, h, mq, mk = scores.shape
-        # float64: a float32 running sum of areas near N² (~10¹⁰) is off by tens of pairs and can stop short of
-        # the target density
-        q_sizes = layout.q_sizes.to(torch.float64)
-        k_sizes = layout.k_sizes.to(torch.float64)
-        area = (q_sizes.unsqueeze(-1) * k_sizes.unsqueeze(-2)).reshape(b, h, -1)
-        value = (scores / k_sizes.clamp_min(1).unsqueeze(-2)).reshape(b, h, -1)
+        # Areas are integers: an int64 running sum is exact (a float32 one near N² ~ 10¹⁰ is off by tens of pairs
+        # and can stop short of the target density). One flat scan over all heads, then each head's start is
+        # subtracted: a single long scan is far faster than per-head scans over long rows.
+        q_sizes, k_sizes = layout.q_sizes, layout.k_sizes
+        area = (q_sizes.unsqueeze(-1) * k_sizes.unsqueeze(-2)).reshape(b * h, -1)
+        value = (scores / k_sizes.clamp_min(1).unsqueeze(-2).to(scores.dtype)).reshape(b * h, -1)
         value = value.masked_fill(area == 0, -1.0)  # empty pairs cost nothing and carry nothing: rank them last
-        sorted_value, order = value.sort(dim=-1, descending=True)
-        area_before = area.gather(-1, order).cumsum(-1) - area.gather(-1, order)
-        n = q_sizes.sum(-1, keepdim=True)
-        keep = area_before < self.density * n * n
+        order = value.argsort(dim=-1, descending=True)
+        area_sorted = area.gather(-1, order)
+        before = (area_sorted.reshape(-1).cumsum(0) - area_sorted.reshape(-1)).reshape(b * h, -1)
+        before = before - before[:, :1]
+        n = q_sizes.sum(-1).reshape(b * h, 1).double()
+        keep = before < torch.ceil(self.density * n * n).long()  # integer areas: < x ⇔ < ⌈x⌉
         selected = torch.zeros_like(value, dtype=torch.bool).scatter_(-1, order, keep).reshape(b, h, mq, mk)
         best = scores.argmax(dim=-1, keepdim=True)
         return BlockMask(selected.scatter_(-1, best, True))

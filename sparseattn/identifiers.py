@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -20,6 +21,8 @@ class CentroidIdentifier(TokenIdentifier):
     On fixed tiles (permuter ``blocks``) this is SpargeAttn-style mean pooling. ``temperature`` scales the logits
     (1 = the published estimate).
     """
+
+    reads_tokens: ClassVar[bool] = False  # reads the layout only (q, k: shape and device)
 
     temperature: float = 1.0
 

@@ -2,11 +2,13 @@
 
     q, k, v [B, H, N, D]
       │  Permuter.permute(q, k, state)            → Layout   (token orders, block sizes, block centroids)
-      │  gather q by layout.q_order, k/v by layout.kv_order
-      │  TokenIdentifier.score(q_p, k_p, layout)   → scores [B, H, Mq, Mk]  (estimated attention mass per block pair)
+      │  TokenIdentifier.score(q_p, k_p, layout)   → scores [B, H, Mq, Mk]  (estimated attention mass per block pair;
+      │                                              q_p, k_p gathered by the layout's orders if it reads tokens)
       │  BudgetController.select(scores, layout)   → BlockMask (which key blocks each query block attends to)
-      │  SparseKernel.plan(layout, mask, q_p) / run(plan, q_p, k_p, v_p) → out in permuted order
-      ▼  scatter back by layout.q_order           → out [B, H, N, D]
+      │  SparseKernel.permute(q, k, v, layout)     → q_p, k_p, v_p (gathered by the layout's orders, or unchanged
+      │                                              for a kernel that reads through the orders itself)
+      │  SparseKernel.plan(layout, mask, q_p) / run(plan, q_p, k_p, v_p) → out
+      ▼  SparseKernel.unpermute(out, layout)       → out [B, H, N, D] in the original order
 
 A `Clusterer` (k-means backend, in `sparseattn.clustering`) is what the semantic permuter uses to find blocks.
 Every component is a dataclass whose fields are its parameters (validated in `__post_init__`) and is registered
@@ -160,6 +162,9 @@ class TokenIdentifier(Component):
     """Estimates the attention mass of every (query block, key block) pair from the permuted q and k."""
 
     kind = "identifier"
+    #: False for identifiers that use q, k only for their shape, dtype and device (e.g. centroid scores): the
+    #: strategy then skips gathering them into the permuted order and passes them as they are.
+    reads_tokens: ClassVar[bool] = True
 
     @abc.abstractmethod
     def score(self, q: Tensor, k: Tensor, layout: Layout) -> Tensor:
@@ -177,9 +182,12 @@ class BudgetController(Component):
 
 
 class SparseKernel(Component):
-    """Attention restricted to the selected block pairs, on permuted q, k, v.
+    """Attention restricted to the selected block pairs.
 
-    Plan once per layout and mask (block lists, buffers), run many times. ``run`` must not allocate O(N²) memory.
+    ``permute`` puts q, k, v in the form ``run`` reads: by default gathered into the layout's order (and
+    ``unpermute`` scatters the output back); a kernel that reads through the layout's orders itself returns them
+    unchanged and writes its output in the original order, saving the copies. Plan once per layout and mask
+    (block lists, buffers), run many times. ``run`` must not allocate O(N²) memory.
     """
 
     kind = "kernel"
@@ -189,20 +197,21 @@ class SparseKernel(Component):
         return []
 
     def plan(self, layout: Layout, mask: BlockMask, q: Tensor) -> Any:
-        """Turn a layout and mask into whatever `run` needs (block lists, buffers); q is the permuted query."""
+        """Turn a layout and mask into whatever `run` needs (block lists, buffers); q is `permute`'s query."""
         return (layout, mask)
 
     def permute(self, q: Tensor, k: Tensor, v: Tensor, layout: Layout) -> tuple[Tensor, Tensor, Tensor]:
-        """Gather q by ``layout.q_order`` and k, v by ``layout.kv_order`` (a kernel may fuse this into one launch)."""
+        """Gather q by ``layout.q_order`` and k, v by ``layout.kv_order`` (a kernel may fuse this into one launch,
+        or return q, k, v unchanged if its ``run`` reads through the orders)."""
         return gather_tokens(q, layout.q_order), gather_tokens(k, layout.kv_order), gather_tokens(v, layout.kv_order)
 
     def unpermute(self, out: Tensor, layout: Layout) -> Tensor:
-        """Scatter the permuted output back to the original query order."""
+        """Scatter `run`'s output back to the original query order (unchanged if it is already in that order)."""
         return scatter_tokens(out, layout.q_order)
 
     @abc.abstractmethod
     def run(self, plan: Any, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Return the attention output [B, H, N, D] in the permuted query order."""
+        """Return the attention output [B, H, N, D] for `permute`'s q, k, v (in the order `unpermute` expects)."""
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, layout: Layout, mask: BlockMask) -> Tensor:
         return self.run(self.plan(layout, mask, q), q, k, v)

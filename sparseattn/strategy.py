@@ -118,7 +118,7 @@ class Strategy:
         """Permute, identify and budget, without running attention."""
         if self.check_inputs:
             check_qkv(q, k, k)
-        plan, _ = self._plan(q, k, None, ctx)
+        plan = self._plan(q, k, ctx)
         if plan is None:
             return AttentionPlan(single_block_layout(q, k), _full_mask(q, 1, 1), dense=True)
         return plan
@@ -126,28 +126,25 @@ class Strategy:
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, ctx: Optional[AttentionContext] = None) -> Tensor:
         if self.check_inputs:
             check_qkv(q, k, v)
-        plan, permuted = self._plan(q, k, v, ctx)
+        plan = self._plan(q, k, ctx)
         if plan is None:
             return dense_attention(q, k, v)
-        return self._attend_permuted(plan, *permuted)
+        return self._attend(plan, q, k, v)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan) -> Tensor:
         """Attention for a plan that `plan` made on the same q, k (e.g. to time the kernel alone)."""
         if plan.dense:
             return dense_attention(q, k, v)
-        return self._attend_permuted(plan, *self.kernel.permute(q, k, v, plan.layout))
+        return self._attend(plan, q, k, v)
 
-    def _attend_permuted(self, plan: AttentionPlan, q_p: Tensor, k_p: Tensor, v_p: Tensor) -> Tensor:
-        """The kernel on q, k, v already in the plan's order; the output comes back in the original order."""
-        out = self.kernel.run(self.kernel.plan(plan.layout, plan.mask, q_p), q_p, k_p, v_p)
-        return self.kernel.unpermute(out, plan.layout)
+    def _attend(self, plan: AttentionPlan, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        kernel = self.kernel
+        q_p, k_p, v_p = kernel.permute(q, k, v, plan.layout)
+        return kernel.unpermute(kernel.run(kernel.plan(plan.layout, plan.mask, q_p), q_p, k_p, v_p), plan.layout)
 
-    def _plan(self, q: Tensor, k: Tensor, v: Optional[Tensor], ctx: Optional[AttentionContext]):
-        """The plan, and (when v is given) q, k, v gathered into the plan's order, so they are permuted only once.
-
-        A call that runs dense gets plan None: `__call__` then needs no layout, and only `plan` builds the
-        single-block one (its centroids are means over every token, too costly to compute and throw away).
-        """
+    def _plan(self, q: Tensor, k: Tensor, ctx: Optional[AttentionContext]) -> Optional[AttentionPlan]:
+        """The plan, or None for a call that runs dense: `__call__` then needs no layout, and only `plan` builds
+        the single-block one (its centroids are means over every token, too costly to compute and throw away)."""
         n = q.shape[2]
         text = 0
         if ctx is not None:
@@ -155,7 +152,7 @@ class Strategy:
             text = ctx.text_tokens
         dense_now = self.is_dense or self.schedule.is_dense(ctx)
         if dense_now and (self.is_dense or not self.schedule.cluster_during_dense):
-            return None, None
+            return None
         video = n - text
         state = None
         if ctx is not None:
@@ -164,21 +161,19 @@ class Strategy:
             state = ChainMap(ctx.layer_state(), {"grid": ctx.grid})
         video_layout = self.permuter.permute(q[:, :, :video], k[:, :, :video], state)
         if dense_now:  # clustering only kept the centroids warm
-            return None, None
+            return None
         layout = append_text_layout(video_layout, q, k, text) if text else video_layout
-        if v is None:
-            permuted = (gather_tokens(q, layout.q_order), gather_tokens(k, layout.kv_order), None)
-        else:
-            permuted = self.kernel.permute(q, k, v, layout)
         if self.identifier is None:
             mask = _full_mask(q, layout.q_sizes.shape[-1], layout.k_sizes.shape[-1])
         else:
-            # Text tokens sit after the video tokens in the permuted order, so the video part is a prefix.
-            scores = self.identifier.score(permuted[0][:, :, :video], permuted[1][:, :, :video], video_layout)
+            q_v, k_v = q[:, :, :video], k[:, :, :video]
+            if self.identifier.reads_tokens:
+                q_v, k_v = gather_tokens(q_v, video_layout.q_order), gather_tokens(k_v, video_layout.kv_order)
+            scores = self.identifier.score(q_v, k_v, video_layout)
             mask = self.budget.select(scores, video_layout)
             if text:
                 mask = BlockMask(torch.nn.functional.pad(mask.selected, (0, 1, 0, 1), value=True))
-        return AttentionPlan(layout, mask, dense=False), permuted
+        return AttentionPlan(layout, mask, dense=False)
 
 
 def single_block_layout(q: Tensor, k: Tensor) -> Layout:

@@ -269,11 +269,54 @@ def test_permute_kernels():
     assert torch.equal(qp2, gather_tokens(x, qo))
     qp3, kp3, _ = gather_qkv(q, k, v, None, ko)
     assert torch.equal(qp3, q) and torch.equal(kp3, gather_tokens(k, ko))
+    none, kp4, vp4 = gather_qkv(None, k, v, qo, ko)  # k and v only
+    assert none is None and torch.equal(kp4, kp) and torch.equal(vp4, vp)
     layout = Layout(qo, ko, torch.full((b, h, 1), n), torch.full((b, h, 1), n), torch.zeros(b, h, 1, d),
                     torch.zeros(b, h, 1, d))
-    kernel = TritonBlockSparse()
+    kernel = TritonBlockSparse(fuse_permutation="none")
     assert torch.equal(kernel.unpermute(kernel.permute(q, k, v, layout)[0], layout), q)
     assert torch.equal(kernel.unpermute(qp, layout), scatter_tokens(qp, qo))
+    fused_q = TritonBlockSparse()  # default "q": queries and outputs through q_order, k and v gathered
+    q1, k1, v1 = fused_q.permute(q, k, v, layout)
+    assert q1 is q and torch.equal(k1, kp) and torch.equal(v1, vp) and fused_q.unpermute(qp, layout) is qp
+    fused_all = TritonBlockSparse(fuse_permutation="qkv")  # everything through the orders: no copies
+    assert all(a is b for a, b in zip(fused_all.permute(q, k, v, layout), (q, k, v)))
+    assert fused_all.unpermute(qp, layout) is qp
+    with pytest.raises(ValueError, match="fuse_permutation must be one of q, qkv, none"):
+        TritonBlockSparse(fuse_permutation=True)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("mode", ["q", "qkv"])
+@pytest.mark.parametrize("strided", [False, True])
+def test_fused_permutation_matches_gather_and_scatter(mode, strided):
+    """Reading through the layout's orders equals gathering, the kernel on permuted tensors, and scattering back,
+    also for [B, N, H, D] inputs seen as [B, H, N, D] (read in place, no copy)."""
+    gen = torch.Generator().manual_seed(11)
+    b, h, n, d, mq, mk = 2, 2, 77, 64, 5, 9
+    q_sizes = torch.stack([_sizes(gen, n, mq, 0.2) for _ in range(b * h)]).reshape(b, h, mq)
+    k_sizes = torch.stack([_sizes(gen, n, mk, 0.2) for _ in range(b * h)]).reshape(b, h, mk)
+    layout = _layout(q_sizes, k_sizes, d, orders=True, gen=gen)
+    selected = torch.rand(b, h, mq, mk, generator=gen) < 0.4
+    selected[..., 0, :] = True
+    mask = BlockMask(selected)
+    if strided:
+        q, k, v = (torch.randn(b, n, h, d, generator=gen).transpose(1, 2) for _ in range(3))
+    else:
+        q, k, v = _qkv(gen, b, h, n, d)
+    tiles = dict(block_m=32, block_n=16, tail_block_m=16, tail_block_n=32)
+    fused = TritonBlockSparse(fuse_permutation=mode, **tiles)
+    qf, kf, vf = fused.permute(q, k, v, layout)
+    out = fused.unpermute(fused.run(fused.plan(layout, mask, qf), qf, kf, vf), layout)
+    copies = TritonBlockSparse(fuse_permutation="none", **tiles)
+    qp, kp, vp = copies.permute(q, k, v, layout)
+    expected = copies.unpermute(copies.run(copies.plan(layout, mask, qp), qp, kp, vp), layout)
+    exact = scatter_tokens(_brute_force(*(gather_tokens(t, o) for t, o in
+                                         ((q, layout.q_order), (k, layout.kv_order), (v, layout.kv_order))),
+                                        layout, mask), layout.q_order)
+    assert out.shape == q.shape
+    assert _rel(out, expected) < 1e-6
+    assert _rel(out, exact) < 2e-5
 
 
 @needs_interpreter

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -57,6 +57,8 @@ def sliding_tile_mask(tile_grid: Grid, window: Grid) -> Tensor:
 class SlidingTileIdentifier(TokenIdentifier):
     """Sliding Tile Attention (arXiv 2502.04507): each query tile attends the ``window`` = (frames, rows, columns)
     tiles around it (odd sizes; the window slides inside the grid at its edges). Needs permuter ``tiles``."""
+
+    reads_tokens: ClassVar[bool] = False  # reads the layout only (q: shape and device)
 
     window: Any = (3, 3, 3)
 
@@ -122,6 +124,8 @@ class RadialIdentifier(TokenIdentifier):
     ``tiles`` with strips of whole rows of one frame, ``tile_size: [1, rows, 0]``.
     """
 
+    reads_tokens: ClassVar[bool] = False  # reads the layout only (q: shape and device)
+
     decay: float = 1.0
     min_window: int = 64
     sink_frames: int = 1
@@ -171,6 +175,8 @@ class BandIdentifier(TokenIdentifier):
     With permuter ``svg1`` this is SVG1's mask: in frame-major order the band is a window of nearby frames (spatial
     heads); in token-major order it is the same positions across all frames (temporal heads).
     """
+
+    reads_tokens: ClassVar[bool] = False  # reads the layout only (q: shape and device)
 
     density: float = 0.25
 
