@@ -314,7 +314,7 @@ class TritonKMeans(Clusterer):
         use_tol = tol > 0
         max_it = triton.next_power_of_2(max(iters, 2))
 
-        # H100, D=128, 300 and 1,000 clusters (benchmarks/kmeans_dev.py): 128 points × 64 centroids, 4 warps, 4 stages
+        # H100, D=128, 300 and 1,000 clusters (benchmarks/NOTES.md): 128 points × 64 centroids, 4 warps, 4 stages
         # was fastest for both (~220 registers, two programs per multiprocessor); 64 × 128, 128 × 128 and 256 × 64
         # (8 warps) were slower.
         bp = self.block_points or 128
@@ -347,8 +347,8 @@ class TritonKMeans(Clusterer):
                 x, cd, csq, labels, sums, counts, shift,
                 it, float(tol), n, c, d, x.stride(0), x.stride(1),
                 BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=block_d, MAX_IT=max_it, USE_TOL=use_tol, DOT_MODE=mode,
-                LOW_FP16=low == torch.float16, ACCUMULATE=self._accumulate, TILE_BITS=tile_bits, ASM=self._asm and not interp,
-                FOLD=fold,
+                LOW_FP16=low == torch.float16, ACCUMULATE=self._accumulate, TILE_BITS=tile_bits,
+                ASM=self._asm and not interp, FOLD=fold,
                 num_warps=warps, num_stages=stages,
             )
             if not self._accumulate:  # diagnostic: assignment only

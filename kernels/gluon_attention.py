@@ -29,9 +29,9 @@ The key indices of tile t are loaded from the list two iterations before the gat
 K_t, and carried in registers: ptxas hoists the gather's address arithmetic above the wgmma issue, so an index
 loaded in the same iteration stalled every iteration on its L2 latency (that version ran at 0.83× Triton).
 
-Measured (H100, Wan 720p, benchmarks/gluon_dev.py, results/h100-2026-11-27-gluon-run3.log): equal to kernel
-``triton`` on k-means layouts at 10/15/30% (34.6/51.9/102.7 ms vs 34.5/51.9/102.3 ms, 0.60× cuDNN), 5% faster
-with one block holding every token (405 vs 386 TFLOP/s). The PTX keeps one product in flight during the softmax
+Measured (H100, Wan 720p, benchmarks/attention.py run 6, docs/performance.md): equal to kernel ``triton`` on
+k-means layouts at 10/15/30% (33.8/50.9/97.9 ms vs 34.2/50.5/97.6 ms); with one block holding every token 430 vs
+406 TFLOP/s in that run (that Triton build was ~6% slow; the final Triton kernel reaches ~430 too). The PTX keeps one product in flight during the softmax
 (``wgmma.wait_group 1``), but both warpgroups run in lockstep between CTA barriers, the score product itself is
 never overlapped, and the compute warps also issue the gathers. Next steps: a producer warp for the gathers
 (warp_specialize, cp.async completing on mbarriers, setmaxnreg) and ping-pong of the two consumer warpgroups.

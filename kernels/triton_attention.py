@@ -146,7 +146,8 @@ def _sparse_attn_fwd_kernel(
     Q, K, V, O, Q_ROWS,
     Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R,
     qk_scale, N, H, MQ, SLOTS,
-    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
+    sqb, sqh, skb, skh, svb, svh, sob, soh,
+    sqn: tl.constexpr, skn: tl.constexpr, svn: tl.constexpr, son: tl.constexpr,  # row strides: see run()
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr,
     HAS_Q_ROWS: tl.constexpr,
 ):
@@ -432,7 +433,9 @@ class TritonBlockSparse(SparseKernel):
                 "plan again before running (or use one kernel object per live plan)"
             )
         b, h, n, d = q.shape
-        # Any strides with contiguous rows (e.g. [B, N, H, D] transposed to [B, H, N, D]) are read in place.
+        # Any strides with contiguous rows (e.g. [B, N, H, D] transposed to [B, H, N, D]) are read in place. Row
+        # strides are compile-time constants (one specialisation per layout, e.g. D or H·D): with a run-time row
+        # stride the per-tile 64-bit address arithmetic made the kernel 6.5% slower on an H100 (benchmarks/NOTES.md).
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         out = torch.empty(b, h, n, d, dtype=q.dtype, device=q.device)
         q_rows = plan.q_rows
@@ -442,7 +445,8 @@ class TritonBlockSparse(SparseKernel):
                 q, k, v, out, q_rows if q_rows is not None else work.block,
                 plan.q_off, plan.lens, plan.list_off, plan.lists, work.block, work.row_tile,
                 LOG2E / math.sqrt(d), n, h, plan.num_q_blocks, work.slots,
-                *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+                *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *out.stride()[:2],
+                sqn=q.stride(2), skn=k.stride(2), svn=v.stride(2), son=out.stride(2),
                 BLOCK_M=work.block_m, BLOCK_N=work.block_n, HEAD_DIM=d,
                 UPCAST=interpreting() or q.dtype == torch.float32, HAS_Q_ROWS=q_rows is not None,
                 num_warps=warps, num_stages=stages,

@@ -470,14 +470,16 @@ def test_cuda_kmeans_layout_attention(dtype, d):
     layout = Layout(res["q"][0], res["k"][0], res["q"][1], res["k"][1], res["q"][2], res["k"][2])
     selected = torch.rand(b, h, 80, 300, device="cuda", generator=gen) < 0.15
     selected[..., 0, :] = True
-    kernel = TritonBlockSparse()
-    qp, kp, vp = kernel.permute(q, k, v, layout)
-    out = kernel.run(kernel.plan(layout, BlockMask(selected), qp), qp, kp, vp)
-    ref = TorchBlockSparse().run(TorchBlockSparse().plan(layout, BlockMask(selected), qp), qp, kp, vp)
-    err = _rel(out, ref)
-    print(f"cuda {dtype} D={d}: ‖out − ref‖/‖ref‖ = {err:.2e}")
-    assert err < TOL[dtype]
-    assert torch.equal(kernel.unpermute(out, layout), scatter_tokens(out, layout.q_order))
+    mask = BlockMask(selected)
+    qg, kg, vg = gather_tokens(q, layout.q_order), gather_tokens(k, layout.kv_order), gather_tokens(v, layout.kv_order)
+    ref = scatter_tokens(TorchBlockSparse().run(TorchBlockSparse().plan(layout, mask, qg), qg, kg, vg), layout.q_order)
+    for mode in ("q", "qkv", "none"):  # every way of permuting gives the same output in the original order
+        kernel = TritonBlockSparse(fuse_permutation=mode)
+        qp, kp, vp = kernel.permute(q, k, v, layout)
+        out = kernel.unpermute(kernel.run(kernel.plan(layout, mask, qp), qp, kp, vp), layout)
+        err = _rel(out, ref)
+        print(f"cuda {dtype} D={d} fuse_permutation={mode}: ‖out − ref‖/‖ref‖ = {err:.2e}")
+        assert err < TOL[dtype]
 
 
 @needs_cuda
@@ -488,5 +490,8 @@ def test_cuda_kmeans_matches_torch():
     ref = TorchKMeans().fit(x, init, 1)
     ours = TritonKMeans(precision="ieee").fit(x, init, 1)
     assert float((ours.labels != ref.labels).float().mean()) < 1e-3
+    assert _rel(ours.centroids, ref.centroids) < 2e-3  # the atomic sums, not only the labels (measured 4.7e-4)
+    assert float((ours.sizes - ref.sizes).abs().sum()) <= 2e-3 * x.shape[0] * x.shape[1]
     fast = TritonKMeans().fit(x.to(torch.bfloat16), init, 1)
     assert float((fast.labels != ref.labels).float().mean()) < 0.05
+    assert _rel(fast.centroids, ref.centroids) < 0.1  # bf16 operands flip near-tie labels of this random data
