@@ -152,11 +152,21 @@ def _accumulate(X, SUMS, COUNTS, g, rows, cols, rmask, dmask, best_idx, C, D, sx
 
 
 @triton.jit
-def _store_operand(CD, g, C, cen, cols, rf, mask, BLOCK_D: tl.constexpr, FOLD: tl.constexpr):
-    """The centroids as the assignment's matrix operand: rounded, times −2 when FOLD (exact, a power of two)."""
+def _publish(CD, CSQ, g, C, cen, cols, new, cd_mask, cmask, BLOCK_D: tl.constexpr, ROUND_LOW: tl.constexpr,
+             LOW_FP16: tl.constexpr, FOLD: tl.constexpr):
+    """What the next assignment reads of fp32 centroids ``new``: the operand copy (rounded to the low precision when
+    ROUND_LOW, times −2 when FOLD: exact, a power of two) and ‖c‖² of the rounded values."""
+    if ROUND_LOW:
+        if LOW_FP16:
+            rf = new.to(tl.float16).to(tl.float32)
+        else:
+            rf = new.to(tl.bfloat16).to(tl.float32)
+    else:
+        rf = new
+    tl.store(CSQ + g * C + cen, tl.sum(rf * rf, 1), mask=cmask)
     if FOLD:
         rf = rf * -2.0
-    tl.store(CD + (g * C + cen)[:, None] * BLOCK_D + cols[None, :], rf.to(CD.dtype.element_ty), mask=mask)
+    tl.store(CD + (g * C + cen)[:, None] * BLOCK_D + cols[None, :], rf.to(CD.dtype.element_ty), mask=cd_mask)
 
 
 @triton.jit
@@ -182,15 +192,7 @@ def _update_kernel(
         old = tl.load(CENT + off, mask=mask, other=0.0)
         new = tl.where((counts > 0)[:, None], sums / tl.maximum(counts, 1).to(tl.float32)[:, None], old)
         tl.store(CENT + off, new, mask=mask)
-        if ROUND_LOW:
-            if LOW_FP16:
-                rf = new.to(tl.float16).to(tl.float32)
-            else:
-                rf = new.to(tl.bfloat16).to(tl.float32)
-        else:
-            rf = new
-        _store_operand(CD, g, C, cen, cols, rf, mask, BLOCK_D, FOLD)
-        tl.store(CSQ + g * C + cen, tl.sum(rf * rf, 1), mask=cmask)
+        _publish(CD, CSQ, g, C, cen, cols, new, mask, cmask, BLOCK_D, ROUND_LOW, LOW_FP16, FOLD)
         tl.store(SIZES + g * C + cen, counts.to(tl.int64), mask=cmask)
         if USE_TOL:
             diff = new - old
@@ -216,15 +218,7 @@ def _prepare_kernel(
     src = tl.load(SRC + g * ssg + cen[:, None].to(tl.int64) * ssc + cols[None, :], mask=mask, other=0.0)
     new = src.to(tl.float32)
     tl.store(CENT + (g * C + cen)[:, None] * D + cols[None, :], new, mask=mask)
-    if ROUND_LOW:
-        if LOW_FP16:
-            rf = new.to(tl.float16).to(tl.float32)
-        else:
-            rf = new.to(tl.bfloat16).to(tl.float32)
-    else:
-        rf = new
-    _store_operand(CD, g, C, cen, cols, rf, cmask[:, None], BLOCK_D, FOLD)  # padding columns: zeros
-    tl.store(CSQ + g * C + cen, tl.sum(rf * rf, 1), mask=cmask)
+    _publish(CD, CSQ, g, C, cen, cols, new, cmask[:, None], cmask, BLOCK_D, ROUND_LOW, LOW_FP16, FOLD)  # pads: 0
 
 
 @register("clusterer", "triton")
