@@ -462,32 +462,45 @@ def section_kmeans(quick=False):
     rows = []
     for name, x, c in (("q (300)", q, cq), ("k (1000)", k, ck)):
         pts = x.reshape(b * h, n, d)
-        for label, km, inp in (("triton bf16, bf16 in", TritonKMeans(), pts),
-                               ("triton bf16, fp32 in", TritonKMeans(), pts.float()),
-                               ("triton tf32, fp32 in", TritonKMeans(precision="tf32"), pts.float())):
+        for label, km, inp in (("bf16, bf16 in (default: assign_kernel auto)", TritonKMeans(), pts),
+                               ("bf16, bf16 in, assign_kernel triton", TritonKMeans(assign_kernel="triton"), pts),
+                               ("bf16, fp32 in (triton assign)", TritonKMeans(), pts.float()),
+                               ("tf32, fp32 in (triton assign)", TritonKMeans(precision="tf32"), pts.float())):
             one = timed(lambda: km.fit(inp, c, 1), 800)
             two = timed(lambda: km.fit(inp, c, 2), 800)
             rows.append((name, label, one, two))
         if not quick:
-            for bp, bc, w, st in ((128, 64, 4, 4), (128, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 3)):
-                km = TritonKMeans(block_points=bp, block_centroids=bc, num_warps=w, num_stages=st)
+            # (assign kernel, points, centroids, warps, stages (triton) or register cap (gluon, -1: default))
+            # ("gluon x": the points as the wgmma A operand from registers)
+            configs = [("triton", 128, 64, 4, 4), ("triton", 128, 64, 4, 3),
+                       ("gluon", 128, 64, 8, -1), ("gluon", 128, 64, 4, 0), ("gluon", 256, 64, 8, 0),
+                       ("gluon x", 128, 64, 8, 0), ("gluon x", 128, 64, 8, 168), ("gluon x", 128, 64, 8, 128),
+                       ("gluon x", 256, 64, 8, 0), ("gluon x", 64, 64, 4, 0)]
+            for kern, bp, bc, w, extra in configs:
+                opts = dict(assign_kernel=kern.split()[0], block_points=bp, block_centroids=bc, num_warps=w)
+                if kern == "triton":
+                    opts.update(num_stages=extra)
+                else:
+                    opts.update(_maxnreg=extra, _x_in_regs=kern == "gluon x")
                 try:
+                    km = TritonKMeans(**opts)
                     one = timed(lambda: km.fit(pts, c, 1), 600)
-                    km0 = TritonKMeans(block_points=bp, block_centroids=bc, num_warps=w, num_stages=st,
-                                       _accumulate=False)
+                    km0 = TritonKMeans(**opts, _accumulate=False)
                     assign = timed(lambda: km0.fit(pts, c, 1), 600)
-                    rows.append((name, f"bf16 cfg {bp}/{bc}/w{w}/s{st} (2nd col: assignment only)", one, assign))
+                    tag = f"s{extra}" if kern == "triton" else f"maxnreg {extra}"
+                    rows.append((name, f"{kern} {bp}/{bc}/w{w}/{tag} (2nd col: assignment only)", one, assign))
                 except Exception as exc:
-                    log(f"  cfg {bp}/{bc}/{w}/{st} failed: {str(exc)[:200]}")
+                    log(f"  cfg {opts} failed: {str(exc)[:300]}")
         torch_ms = timed(lambda: TorchKMeans().fit(pts.float(), c, 1), 500)
         rows.append((name, "torch reference (fp32)", torch_ms, float("nan")))
         # agreement with the fp32 reference after one iteration from the same centroids
         ref = TorchKMeans().fit(pts[:4].float(), c[:4], 1)
-        for prec in ("bf16", "ieee"):
-            got = TritonKMeans(precision=prec).fit(pts[:4], c[:4], 1)
+        for label, km in (("bf16 (auto)", TritonKMeans()), ("bf16 triton", TritonKMeans(assign_kernel="triton")),
+                          ("ieee", TritonKMeans(precision="ieee"))):
+            got = km.fit(pts[:4], c[:4], 1)
             agree = float((got.labels == ref.labels).float().mean())
             cerr = float((got.centroids - ref.centroids).norm() / ref.centroids.norm())
-            rows.append((name, f"agreement {prec} vs torch: labels {agree:.4%}, centroid rel err {cerr:.1e}",
+            rows.append((name, f"agreement {label} vs torch: labels {agree:.4%}, centroid rel err {cerr:.1e}",
                          float("nan"), float("nan")))
     log(f"{'clusters':10} {'variant':60} {'1 iter ms':>10} {'2 iter ms':>10}")
     for r in rows:
@@ -523,7 +536,7 @@ def section_overhead():
         rk = km.fit(kx, ck, 2, tol=1e-4)
         return rq, rk
 
-    rows.append(("k-means q+k, 2 warm iterations (triton, tol on device)", timed(kmeans_both)))
+    rows.append(("k-means q+k, 2 warm iterations (auto assign, tol on device)", timed(kmeans_both)))
     rq, rk = kmeans_both()
     rows.append(("  of which q only", timed(lambda: km.fit(qx, cq, 2, tol=1e-4))))
     rows.append(("  of which k only", timed(lambda: km.fit(kx, ck, 2, tol=1e-4))))
@@ -538,7 +551,8 @@ def section_overhead():
                  rq.centroids.reshape(b, h, -1, d), rk.centroids.reshape(b, h, -1, d))
     rows.append(("scoring (centroid softmax, fp32)", timed(lambda: ident.score(q, k, lay))))
     scores = ident.score(q, k, lay)
-    rows.append(("selection (top-p 0.9, min_ratio 0.1)", timed(lambda: budget.select(scores, lay))))
+    rows.append(("selection (top-p 0.9, min_ratio 0.1; auto: triton, no sort)", timed(lambda: budget.select(scores,
+                                                                                                       lay))))
     mask = budget.select(scores, lay)
     density = float(mask.density(lay).mean())
     rows.append(("permute k, v (one launch; q is read through its order)", timed(lambda: kern.permute(q, k, v, lay))))
@@ -551,7 +565,16 @@ def section_overhead():
     plan = kern.plan(lay, mask, qp)
     attn = timed(lambda: kern.run(plan, qp, kp, vp))
     copies = TritonBlockSparse(fuse_permutation="none")
+    km_triton = TritonKMeans(assign_kernel="triton")
+    sorted_top_p = TopP(p=0.9, min_ratio=0.1, backend="torch")
+    by_sort = sorted_top_p.select(scores, lay).selected
+    # rows keeping a different number of blocks (tied blocks may be swapped: the sort leaves their order open)
+    differ = int((by_sort.sum(-1) != mask.selected.sum(-1)).sum())
     comparison = [
+        (f"  selection with torch's sort ({differ} of {by_sort[..., 0].numel()} rows keep another count)",
+         timed(lambda: sorted_top_p.select(scores, lay))),
+        ("  k-means q+k with the Triton assignment", timed(lambda: (km_triton.fit(qx, cq, 2, tol=1e-4),
+                                                                    km_triton.fit(kx, ck, 2, tol=1e-4)))),
         ("  permute q, k, v (fuse_permutation none)", timed(lambda: copies.permute(q, k, v, lay))),
         ("  un-permute output (fuse_permutation none)", timed(lambda: copies.unpermute(out, lay))),
     ]

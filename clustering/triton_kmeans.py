@@ -36,6 +36,7 @@ from sparseattn.registry import register
 from sparseattn.validation import check_kmeans_inputs
 
 PRECISIONS = ("bf16", "tf32", "ieee")
+ASSIGN_KERNELS = ("auto", "triton", "gluon")
 
 
 def interpreting() -> bool:
@@ -236,10 +237,13 @@ class TritonKMeans(Clusterer):
     num_warps: int = 0
     num_stages: int = 4
     check_finite: bool = False
+    assign_kernel: str = "auto"
     _accumulate: bool = field(default=True, repr=False)  # False: assignment only (a diagnostic for benchmarks)
     _argmin: str = field(default="auto", repr=False)  # auto | packed | exact (a diagnostic for benchmarks)
     _asm: bool = field(default=True, repr=False)  # False: the packed argmin's and-or without inline PTX (diagnostic)
     _fold: bool = field(default=True, repr=False)  # False: ‖c‖² − 2x·c after the product (a diagnostic)
+    _maxnreg: int = field(default=-1, repr=False)  # gluon: register cap per thread (-1: by launch shape, 0: none)
+    _x_in_regs: bool = field(default=False, repr=False)  # gluon: points as the wgmma A operand from registers
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -252,12 +256,38 @@ class TritonKMeans(Clusterer):
             raise ValueError(f"num_warps must be 0 (auto), 1, 2, 4, 8 or 16, got {self.num_warps}")
         if self.num_stages < 1:
             raise ValueError(f"num_stages must be ≥ 1, got {self.num_stages}")
+        if self.assign_kernel not in ASSIGN_KERNELS:
+            raise ValueError(f"assign_kernel must be one of {', '.join(ASSIGN_KERNELS)}, got {self.assign_kernel!r}")
 
     def why_unsupported(self, x: Tensor) -> list[str]:
         """Reasons this backend cannot cluster ``x`` here (empty list = supported)."""
         from sparseattn.kernels.triton_permute import mode_problem
 
         return mode_problem(x.is_cuda)
+
+    def gluon_problems(self, x: Tensor) -> list[str]:
+        """Reasons the Gluon assignment kernel cannot cluster ``x`` here (empty list: it can)."""
+        reasons = []
+        if interpreting() or not x.is_cuda:
+            reasons.append("needs CUDA tensors outside the Triton interpreter")
+        elif torch.cuda.get_device_capability(x.device) != (9, 0):
+            cc = ".".join(map(str, torch.cuda.get_device_capability(x.device)))
+            reasons.append(f"needs a compute-capability-9.0 GPU (Hopper wgmma), got {cc}")
+        if self.precision != "bf16":
+            reasons.append(f"needs precision='bf16', got '{self.precision}'")
+        if x.dtype not in (torch.bfloat16, torch.float16):
+            reasons.append(f"needs bfloat16 or float16 points, got {str(x.dtype).replace('torch.', '')}")
+        d = x.shape[-1]
+        if d < 16 or d & (d - 1):
+            reasons.append(f"needs a power-of-two dimension ≥ 16, got {d}")
+        if self._argmin == "exact":
+            reasons.append("implements the packed argmin only")
+        if not reasons:
+            try:
+                from . import gluon_kmeans  # noqa: F401
+            except ImportError as exc:  # a Triton without Gluon
+                reasons.append(f"triton.experimental.gluon is not available ({exc})")
+        return reasons
 
     def fit(self, x: Tensor, centroids: Tensor, iters: int, tol: float = 0.0) -> KMeansResult:
         # No finiteness check by default: it would synchronise with the host (Strategy checks q, k already).
@@ -336,15 +366,23 @@ class TritonKMeans(Clusterer):
             BLOCK_C=upd_block, BLOCK_D=block_d, ROUND_LOW=round_low, LOW_FP16=low == torch.float16, FOLD=fold,
             num_warps=4,
         )
+        gluon_reasons = self.gluon_problems(x) if self.assign_kernel != "triton" else ["not requested"]
+        if tile_bits == 0:
+            gluon_reasons.append("implements the packed argmin only")
+        if self.assign_kernel == "gluon" and gluon_reasons:
+            raise ValueError("assign_kernel 'gluon' cannot cluster this input: " + "; ".join(gluon_reasons))
         for it in range(iters):
-            _assign_kernel[(triton.cdiv(n, bp), groups)](
-                x, cd, csq, labels, sums, counts, shift,
-                it, float(tol), n, c, d, x.stride(0), x.stride(1),
-                BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=block_d, MAX_IT=max_it, USE_TOL=use_tol, DOT_MODE=mode,
-                LOW_FP16=low == torch.float16, ACCUMULATE=self._accumulate, TILE_BITS=tile_bits,
-                ASM=self._asm and not interp, FOLD=fold,
-                num_warps=warps, num_stages=stages,
-            )
+            if not gluon_reasons:
+                self._launch_gluon(x, cd, csq, labels, sums, counts, shift, it, tol, max_it, tile_bits, fold)
+            else:
+                _assign_kernel[(triton.cdiv(n, bp), groups)](
+                    x, cd, csq, labels, sums, counts, shift,
+                    it, float(tol), n, c, d, x.stride(0), x.stride(1),
+                    BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=block_d, MAX_IT=max_it, USE_TOL=use_tol, DOT_MODE=mode,
+                    LOW_FP16=low == torch.float16, ACCUMULATE=self._accumulate, TILE_BITS=tile_bits,
+                    ASM=self._asm and not interp, FOLD=fold,
+                    num_warps=warps, num_stages=stages,
+                )
             if not self._accumulate:  # diagnostic: assignment only
                 continue
             _update_kernel[(triton.cdiv(c, upd_block), groups)](
@@ -354,3 +392,26 @@ class TritonKMeans(Clusterer):
                 LOW_FP16=low == torch.float16, FOLD=fold, num_warps=4,
             )
         return KMeansResult(labels=labels, centroids=cent, sizes=sizes)
+
+    def _launch_gluon(self, x, cd, csq, labels, sums, counts, shift, it, tol, max_it, tile_bits, fold) -> None:
+        """One assignment with the Hopper kernel (clustering/gluon_kmeans.py)."""
+        from .gluon_kmeans import _gluon_assign_kernel
+
+        groups, n, d = x.shape
+        c = cd.shape[1]
+        # H100 (benchmarks/NOTES.md): 128 points × 64 centroids, two warpgroups, registers capped at 128 per thread
+        # so that two programs share a multiprocessor (one's prologue and atomics overlap the other's products).
+        warps = self.num_warps or 8
+        bp = self.block_points or 128
+        bc = self.block_centroids or 64
+        if bp % (16 * warps):
+            raise ValueError(f"assign_kernel 'gluon' needs block_points to be a multiple of 16·num_warps, got "
+                             f"{bp} points for {warps} warps")
+        maxnreg = self._maxnreg if self._maxnreg >= 0 else (128 if warps == 8 and bp == 128 else 0)
+        options = {"maxnreg": maxnreg} if maxnreg else {}
+        _gluon_assign_kernel[(triton.cdiv(n, bp), groups)](
+            x, cd, csq, labels, sums, counts, shift,
+            it, float(tol), n, c, x.stride(0), x.stride(1),
+            BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=d, MAX_IT=max_it, USE_TOL=tol > 0, TILE_BITS=tile_bits, FOLD=fold,
+            ACCUMULATE=self._accumulate, X_IN_REGS=self._x_in_regs, num_warps=warps, **options,
+        )

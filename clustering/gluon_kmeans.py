@@ -1,0 +1,184 @@
+"""The flash k-means assignment step for Hopper (sm_90) in Gluon: the next centroid tile's product runs on the
+tensor cores while the running minimum of the previous tile is updated.
+
+Why a second assignment kernel: Triton 3.6 waits for every wgmma right after issuing it (``wgmma.wait_group 0``), so
+inside a program the argmin epilogue (add ‖c‖², pack the tile number, min) never overlaps the products; on an H100
+the Triton assignment spends ≈ 1,400 cycles per 128 × 64 tile where the product alone needs ≈ 500
+(benchmarks/NOTES.md). Here, per program (``BLOCK_P`` points of one group, all of D):
+
+    copy x and centroid tiles 0, 1, 2 (cp.async, a ring of 4 stages)
+    issue S_0 = x·C_0ᵀ
+    for t in 0 … T−2:
+        wait for tile t+1's copy ; barrier ; copy tile t+3 into the stage tile t−1 used
+        issue S_{t+1} = x·C_{t+1}ᵀ (async)
+        wait for S_t (one product left in flight) ; best = min(best, pack(S_t + ‖c‖², t))
+    wait for S_{T−1} ; best = min(best, pack(S_{T−1} + ‖c‖², T−1))
+
+then the same row reduction, labels and atomic centroid sums as the Triton kernel (``_assign_kernel`` in
+triton_kmeans.py, whose semantics this kernel keeps for ``precision="bf16"`` with the packed argmin: the operand copy
+holds −2c for bf16 and c for float16). ‖x‖² is left out of the distance: it is the same for every centroid of a point.
+Stage reuse: tile t+3 overwrites the stage of tile t−1, whose product every warp waited for in iteration t−1, before
+the barrier of iteration t. Shared memory: x 32 KB + 4 × 16 KB at D 128, 64 centroids per tile: two programs per SM.
+"""
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    async_copy,
+    fence_async_shared,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+STAGES = gl.constexpr(4)  # centroid-tile ring; the schedule above needs exactly four
+
+
+@gluon.jit
+def _copy_tile(dst, c_base, t, crow, cols, C, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr):
+    """cp.async centroid tile t (rows t·BLOCK_C …) of the padded operand copy into dst; rows ≥ C are zero-filled."""
+    cen = t * BLOCK_C + crow
+    async_copy.async_copy_global_to_shared(dst, c_base + cen[:, None] * BLOCK_D + cols[None, :],
+                                           mask=(cen < C)[:, None])
+
+
+@gluon.jit
+def _fold_tile(best, s, csq, t, FOLD: gl.constexpr, TILE_BITS: gl.constexpr):
+    """best = min(best, packed distances of tile t): the tile number replaces the TILE_BITS low bits."""
+    if FOLD:  # the operand copy holds −2c: x·(−2c) + ‖c‖²
+        dist = s + csq[None, :]
+    else:  # float16 keeps c: ‖c‖² − 2·x·c
+        dist = csq[None, :] - 2.0 * s
+    bits = dist.to(gl.int32, bitcast=True)
+    packed = ((bits & ~((1 << TILE_BITS) - 1)) | t).to(gl.float32, bitcast=True)
+    return gl.minimum(best, packed)
+
+
+@gluon.jit
+def _gluon_assign_kernel(
+    X, CD, CSQ, LABELS, SUMS, COUNTS, SHIFT,
+    it, tol, N, C, sxg, sxn,
+    BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr, MAX_IT: gl.constexpr,
+    USE_TOL: gl.constexpr, TILE_BITS: gl.constexpr, FOLD: gl.constexpr, ACCUMULATE: gl.constexpr,
+    X_IN_REGS: gl.constexpr = False,
+):
+    """Arguments as ``_assign_kernel`` (triton_kmeans.py) with D = BLOCK_D (rows of 16-byte copies, so no column
+    mask); X and CD share the operand dtype (bf16 or float16)."""
+    gl.static_assert(TILE_BITS > 0, "packed argmin only")
+    NW: gl.constexpr = gl.num_warps()
+    dtype: gl.constexpr = CD.dtype.element_ty
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1],
+                                                         instr_shape=[16, BLOCK_C, 16])
+    TPR: gl.constexpr = BLOCK_D // 8  # threads per row: one 16-byte cp.async each
+    ld_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // TPR, TPR],
+                                               warps_per_cta=[NW, 1], order=[1, 0])
+    smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128 if BLOCK_D * 2 >= 128 else BLOCK_D * 2,
+                                                     element_bitwidth=16, rank=2)
+    far: gl.constexpr = 1.0e38  # finite: inf with tile bits set would be a NaN
+
+    pid = gl.program_id(0)
+    g = gl.program_id(1).to(gl.int64)
+    skip = False
+    if USE_TOL:  # the device-side stop test: an earlier round's largest shift was below tol
+        offs = gl.arange(0, MAX_IT, layout=gl.BlockedLayout([1], [32], [NW], [0]))
+        shifts = gl.load(SHIFT + offs, mask=offs < it, other=float("inf"))
+        skip = gl.min(shifts, 0) < tol
+    if not skip:
+        x_smem = gl.allocate_shared_memory(dtype, [BLOCK_P, BLOCK_D], smem_layout)
+        c_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_C, BLOCK_D], smem_layout)
+        rows = pid * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, ld_layout))
+        cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, ld_layout))
+        crow = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(1, ld_layout))
+        rmask = rows < N
+        x_ptr = X + g * sxg + rows[:, None].to(gl.int64) * sxn + cols[None, :]
+        async_copy.async_copy_global_to_shared(x_smem, x_ptr, mask=rmask[:, None])
+        c_base = CD + g * C * BLOCK_D
+        n_tiles = gl.cdiv(C, BLOCK_C)
+        for t0 in gl.static_range(3):  # copy groups {x, C_0}, {C_1}, {C_2}
+            _copy_tile(c_smem.index(t0), c_base, t0, crow, cols, C, BLOCK_C, BLOCK_D)
+            async_copy.commit_group()
+        async_copy.wait_group(2)
+        fence_async_shared()
+        gl.thread_barrier()
+
+        slots = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, acc_layout))
+        zeros = gl.zeros([BLOCK_P, BLOCK_C], gl.float32, acc_layout)
+        if X_IN_REGS:  # the points as the A operand from registers: wgmma then reads only the centroids from
+            # shared memory (with A from shared memory too, a 64-centroid tile is bound by shared-memory reads)
+            xa = x_smem.load(gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2))
+        else:
+            xa = x_smem
+        tok = warpgroup_mma(xa, c_smem.index(0).permute((1, 0)), zeros, use_acc=False, is_async=True)
+        if X_IN_REGS:
+            s, xa = warpgroup_mma_wait(0, deps=[tok, xa])
+        else:
+            s = warpgroup_mma_wait(0, deps=[tok])
+        csq = gl.load(CSQ + g * C + slots, mask=slots < C, other=far)
+        best = gl.full([BLOCK_P, BLOCK_C], float("inf"), gl.float32, acc_layout)
+        for t in range(0, n_tiles - 1):
+            async_copy.wait_group(1)  # tile t+1 landed (t+2 may still be in flight)
+            fence_async_shared()
+            gl.thread_barrier()  # also: every warp is past S_{t-1}, so its stage can take tile t+3
+            _copy_tile(c_smem.index((t + 3) % STAGES), c_base, t + 3, crow, cols, C, BLOCK_C, BLOCK_D)
+            async_copy.commit_group()
+            # S_{t+1} is issued only once S_t has retired and is folded while S_{t+1} runs: no wgmma is in flight
+            # across the loop's back edge or while accumulator registers are written, which would make ptxas
+            # serialise every wgmma (C7514/C7515).
+            tok = warpgroup_mma(xa, c_smem.index((t + 1) % STAGES).permute((1, 0)), zeros, use_acc=False,
+                                is_async=True)
+            cen = (t + 1) * BLOCK_C + slots
+            csq_next = gl.load(CSQ + g * C + cen, mask=cen < C, other=far)
+            best = _fold_tile(best, s, csq, t, FOLD, TILE_BITS)
+            if X_IN_REGS:  # a register operand must stay live until its product retires
+                s, xa = warpgroup_mma_wait(0, deps=[tok, xa])
+            else:
+                s = warpgroup_mma_wait(0, deps=[tok])
+            csq = csq_next
+        best = _fold_tile(best, s, csq, n_tiles - 1, FOLD, TILE_BITS)
+        async_copy.wait_group(0)  # copies of tiles past the end (all masked) must land before the CTA exits
+
+        low = gl.min(best, 1)
+        slot = gl.min(gl.where(best == low[:, None], slots[None, :], BLOCK_C), 1)  # the first slot holding it
+        best_idx = (low.to(gl.int32, bitcast=True) & ((1 << TILE_BITS) - 1)) * BLOCK_C + slot
+        best_idx = gl.where(best_idx < C, best_idx, 0)  # a row of NaN or huge distances: cluster 0
+        out_rows = pid * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, acc_layout))
+        gl.store(LABELS + g * N + out_rows, best_idx.to(gl.int64), mask=out_rows < N)
+        if ACCUMULATE:  # the centroid update's scatter: the points are still in shared memory
+            # One warp instruction adds one whole point (a contiguous row of the sums, 16 bytes per lane) and the
+            # counts are not replicated across lanes: with the copy layout (two rows per instruction, 16-byte gaps)
+            # the atomics ran ~3× slower on an H100.
+            row_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 4], threads_per_warp=[1, 32],
+                                                        warps_per_cta=[NW, 1], order=[1, 0])
+            count_layout: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
+            lab = gl.convert_layout(best_idx, gl.SliceLayout(1, row_layout)).to(gl.int64)
+            acc_rows = pid * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, row_layout))
+            acc_cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, row_layout))
+            x = x_smem.load(row_layout).to(gl.float32)
+            gl.atomic_add(SUMS + (g * C + lab)[:, None] * BLOCK_D + acc_cols[None, :], x,
+                          mask=(acc_rows < N)[:, None], sem="relaxed")
+            count_rows = pid * BLOCK_P + gl.arange(0, BLOCK_P, layout=count_layout)
+            gl.atomic_add(COUNTS + g * C + gl.convert_layout(lab, count_layout),
+                          gl.full([BLOCK_P], 1, gl.int32, count_layout), mask=count_rows < N, sem="relaxed")
+
+
+def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 8, maxnreg: int = 128, dtype: str = "bf16",
+                 accumulate: bool = True, tile_bits: int = 4, x_in_regs: bool = False):
+    """Compile the kernel for sm_90 without a GPU (for inspection and the CPU test) with the launch options
+    ``TritonKMeans`` uses by default; returns ``triton.compile``'s result (``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata.shared``)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    names = ["X", "CD", "CSQ", "LABELS", "SUMS", "COUNTS", "SHIFT", "it", "tol", "N", "C", "sxg", "sxn"]
+    types = [f"*{dtype}", f"*{dtype}", "*fp32", "*i64", "*fp32", "*i32", "*fp32", "i32", "fp32"] + ["i32"] * 4
+    signature = dict(zip(names, types))
+    signature.update({k: "constexpr" for k in ("BLOCK_P", "BLOCK_C", "BLOCK_D", "MAX_IT", "USE_TOL", "TILE_BITS",
+                                               "FOLD", "ACCUMULATE", "X_IN_REGS")})
+    aligned = [i for i, name in enumerate(names) if types[i].startswith("*") or name in ("sxg", "sxn")]
+    attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
+    src = GluonASTSource(_gluon_assign_kernel, signature=signature, attrs=attrs,
+                         constexprs=dict(BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_D=128, MAX_IT=2, USE_TOL=False,
+                                         TILE_BITS=tile_bits, FOLD=dtype == "bf16", ACCUMULATE=accumulate,
+                                         X_IN_REGS=x_in_regs))
+    options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)

@@ -1,0 +1,158 @@
+"""The Hopper k-means assignment (clustering/gluon_kmeans.py, ``TritonKMeans(assign_kernel="gluon")``).
+
+Without a GPU: the kernel compiles for sm_90 (Gluon and the wheel's ptxas need no GPU). The PTX must hold
+asynchronous wgmma and 16-byte cp.async copies, and ptxas must report neither spills nor serialised wgmma (C7514 /
+C7515: what happens when accumulator registers are touched while a product runs, which would undo the overlap the
+kernel exists for). With an sm_90 GPU: labels, centroids and sizes against the Triton assignment and the float32
+reference, for cluster counts that are not multiples of the tile, N not a multiple of 128, float16 and tol > 0.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+pytest.importorskip("triton.experimental.gluon", reason="this Triton has no Gluon")
+
+from sparseattn.clustering.init import init_centroids  # noqa: E402
+from sparseattn.clustering.torch_kmeans import TorchKMeans  # noqa: E402
+from sparseattn.clustering.triton_kmeans import TritonKMeans  # noqa: E402
+
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+def _hopper() -> bool:
+    return (torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+            and torch.cuda.get_device_capability() == (9, 0))
+
+
+needs_hopper = pytest.mark.skipif(not _hopper(), reason="needs a compute-capability-9.0 GPU, not the interpreter")
+
+# (points per program, warps, register cap, dtype, accumulate): the default launch for bf16, float16 and
+# the assignment-only diagnostic
+VARIANTS = [(128, 8, 128, "bf16", True), (128, 8, 128, "fp16", True), (128, 8, 128, "bf16", False)]
+
+_COMPILE = """
+import json, sys
+from sparseattn.clustering.gluon_kmeans import compile_sm90
+out = {}
+for bp, warps, maxnreg, dt, acc in json.loads(sys.argv[1]):
+    c = compile_sm90(block_p=bp, num_warps=warps, maxnreg=maxnreg, dtype=dt, accumulate=acc)
+    name = f"{bp}_{warps}_{maxnreg}_{dt}_{int(acc)}"
+    open(f"{sys.argv[2]}/{name}.ptx", "w").write(c.asm["ptx"])
+    out[name] = c.metadata.shared
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """PTX and shared memory of each variant, compiled for sm_90 in a fresh process (Gluon cannot compile under
+    TRITON_INTERPRET=1, which conftest sets on CPU machines; a private cache makes it really compile)."""
+    folder = tmp_path_factory.mktemp("gluon_kmeans_sm90")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(folder / "cache")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", _COMPILE, json.dumps(VARIANTS), str(folder)], capture_output=True,
+                         text=True, env=env, cwd=root, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return folder, json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("block_p,warps,maxnreg,dtype,accumulate", VARIANTS)
+def test_compiles_for_sm90_without_spills_or_serialised_wgmma(compiled, block_p, warps, maxnreg, dtype, accumulate):
+    if not os.path.exists(PTXAS):
+        pytest.skip(f"no ptxas at {PTXAS}")
+    folder, shared = compiled
+    name = f"{block_p}_{warps}_{maxnreg}_{dtype}_{int(accumulate)}"
+    path = folder / f"{name}.ptx"
+    ptx = path.read_text()
+    assert "wgmma.mma_async" in ptx
+    assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 0x10", ptx), "no 16-byte cp.async"
+    assert bool(re.search(r"\b(?:red|atom)\.", ptx)) == accumulate  # the centroid sums
+    assert shared[name] <= 232448 // 2, shared[name]  # two programs per multiprocessor
+    res = subprocess.run([PTXAS, "-arch=sm_90a", "-v", str(path), "-o", str(folder / f"{name}.cubin")],
+                         capture_output=True, text=True)
+    report = res.stdout + res.stderr
+    assert res.returncode == 0, report
+    regs = re.search(r"Used (\d+) registers", report)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    print(f"{name}: shared {shared[name]} B, {regs.group(1) if regs else '?'} registers, "
+          f"{spills.group(0) if spills else report}")
+    assert "C7514" not in report and "C7515" not in report, report  # wgmma serialised by ptxas
+    assert spills and spills.group(1) == "0" and spills.group(2) == "0", report
+    if maxnreg:
+        assert int(regs.group(1)) <= maxnreg
+
+
+def test_options_and_reasons_off_hopper():
+    with pytest.raises(ValueError, match="assign_kernel"):
+        TritonKMeans(assign_kernel="cuda")
+    x = torch.zeros(1, 64, 96, dtype=torch.float32)
+    reasons = TritonKMeans(precision="ieee").gluon_problems(x)
+    assert any("CUDA" in r for r in reasons), reasons
+    assert any("precision" in r for r in reasons), reasons
+    assert any("float32" in r for r in reasons), reasons
+    assert any("power-of-two dimension" in r for r in reasons), reasons
+    with pytest.raises(ValueError, match="assign_kernel 'gluon' cannot cluster|needs CUDA"):
+        TritonKMeans(assign_kernel="gluon").fit(x.to(torch.bfloat16), x[:, :4].clone(), 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CUDA (sm_90)
+# ----------------------------------------------------------------------------------------------------------------
+@needs_hopper
+@pytest.mark.parametrize("n,clusters,dtype", [(30000, 500, torch.bfloat16), (20037, 1000, torch.bfloat16),
+                                              (5001, 37, torch.float16), (300, 300, torch.bfloat16)])
+def test_cuda_gluon_assignment_matches_triton_and_torch(n, clusters, dtype):
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(3, n, 128, device="cuda", generator=gen)
+    init = init_centroids(x, clusters, seed=4)
+    ref = TorchKMeans().fit(x, init, 1)
+    xl = x.to(dtype)
+    tri = TritonKMeans(assign_kernel="triton").fit(xl, init, 1)
+    glu = TritonKMeans(assign_kernel="gluon").fit(xl, init, 1)
+    same = float((glu.labels == tri.labels).float().mean())
+    vs_ref = float((glu.labels == ref.labels).float().mean())
+    err = float((glu.centroids - ref.centroids).norm() / ref.centroids.norm())
+    print(f"n {n} clusters {clusters} {dtype}: labels equal to triton {same:.5f}, to fp32 {vs_ref:.5f}, "
+          f"centroid rel. err {err:.2e}")
+    # the two kernels see the same rounded operands; only near-ties (packing, summation order) may differ
+    assert same > 0.999
+    assert vs_ref > 0.95
+    assert err < 0.1
+    assert int(glu.sizes.sum()) == 3 * n
+    assert torch.equal(glu.sizes, torch.bincount((glu.labels + clusters * torch.arange(3, device="cuda")[:, None])
+                                                 .reshape(-1), minlength=3 * clusters).reshape(3, clusters))
+
+
+@needs_hopper
+def test_cuda_gluon_iterations_and_tol():
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    protos = 4 * torch.randn(2, 50, 64, device="cuda", generator=gen)
+    labels = torch.randint(0, 50, (2, 4000), device="cuda", generator=gen)
+    x = (protos.gather(1, labels[..., None].expand(-1, -1, 64)) + 0.1 * torch.randn(2, 4000, 64, device="cuda",
+                                                                                      generator=gen))
+    init = init_centroids(x, 50, seed=6)
+    xb = x.bfloat16()
+    a = TritonKMeans(assign_kernel="triton").fit(xb, init, 20, tol=1e-4)
+    b = TritonKMeans(assign_kernel="gluon").fit(xb, init, 20, tol=1e-4)
+
+    def inertia(r):  # the k-means objective of a result: both kernels must reach the same quality
+        return float((xb.float() - r.centroids.gather(1, r.labels[..., None].expand(-1, -1, 64))).square().sum())
+
+    agree = float((a.labels == b.labels).float().mean())
+    print(f"20 iterations with tol: labels equal {agree:.5f}, inertia {inertia(a):.6g} vs {inertia(b):.6g}")
+    # atomics add in no fixed order, so after 20 iterations a few points on split boundaries may differ
+    assert agree > 0.99
+    assert abs(inertia(a) - inertia(b)) <= 1e-3 * inertia(a)
+    # the labels are the nearest of the returned centroids (up to bf16 near-ties)
+    nearest = torch.cdist(xb.float(), b.centroids).argmin(-1)
+    assert float((nearest == b.labels).float().mean()) > 0.99
