@@ -201,11 +201,12 @@ def kernel_variants():
     variants = [("triton", TritonBlockSparse())]
     try:
         from sparseattn.kernels.gluon_attention import GluonBlockSparse
+        from sparseattn.kernels.gluon_ws_attention import GluonWSBlockSparse
 
-        gluon = GluonBlockSparse()
-        if DEVICE == "cuda" and not gluon.why_unsupported(*(torch.empty(1, 1, 128, 128, dtype=torch.bfloat16,
-                                                                        device=DEVICE),) * 3):
-            variants.append(("gluon", gluon))
+        probe = (torch.empty(1, 1, 128, 128, dtype=torch.bfloat16, device=DEVICE),) * 3
+        for label, kernel in (("gluon_ws", GluonWSBlockSparse()), ("gluon", GluonBlockSparse())):
+            if DEVICE == "cuda" and not kernel.why_unsupported(*probe):
+                variants.append((label, kernel))
     except ImportError:
         pass
     variants += [("triton, fuse none", TritonBlockSparse(fuse_permutation="none")),
@@ -396,7 +397,7 @@ def section_dense_and_kernel(shape_keys, quick=False, sweep=False):
         from sparseattn.interfaces import BlockMask
 
         one = fixed_block_layout(b, h, n, d, n)
-        for label, kern in variants[:2]:
+        for label, kern in variants[:3]:
             plan = kern.plan(one, BlockMask(torch.ones(b, h, 1, 1, dtype=torch.bool, device=DEVICE)), q)
             ms = timed(lambda: kern.run(plan, q, k, v), 2500)
             rows.append((f"ours ({label}), dense (one block)", 1.0, ms, 4 * d * dense_pairs / ms / 1e9, 0.0))
@@ -612,8 +613,10 @@ def section_whole(budgets=("density",)):
         "density": {"name": "density", "density": 0.15},
         "top_p": {"name": "top_p", "p": 0.9, "min_ratio": 0.1},
     }
-    runs = [(bname, "triton") for bname in budgets]
-    runs.insert(1, (budgets[0], {"name": "triton", "fuse_permutation": "none"}))  # the permuted-copies pipeline
+    # kernel auto (gluon_ws on an H100) for every budget; for the first, also the Triton kernel and the
+    # permuted-copies pipeline
+    runs = [(bname, "auto") for bname in budgets]
+    runs[1:1] = [(budgets[0], "triton"), (budgets[0], {"name": "triton", "fuse_permutation": "none"})]
     for bname, kernel in runs:
         strategy = load_strategy(
             "svg2",
@@ -621,14 +624,17 @@ def section_whole(budgets=("density",)):
                       "iters_warm": 2, "tol": 1e-4, "clusterer": "triton"},
             budget=specs[bname], kernel=kernel,
         )
-        label = bname if kernel == "triton" else f"{bname}, copies"
+        if kernel == "auto":
+            label = f"{bname} ({strategy.kernel.choose(q, k, v).name})"
+        else:
+            label = f"{bname}, triton" if kernel == "triton" else f"{bname}, copies"
         strategy.check_inputs = False  # validation reads q, k, v and syncs; not part of the attention path
         ctx = AttentionContext(layer=5, num_layers=40, step=30, num_steps=50, grid=shape["grid"])
         out = strategy(q, k, v, ctx)  # cold: fills the centroid cache
         plan = strategy.plan(q, k, ctx)
         density = float(plan.density.mean())
         ms = timed(lambda: strategy(q, k, v, ctx), 3000)
-        kern = strategy.kernel
+        kern = strategy.kernel.choose(q, k, v) if kernel == "auto" else strategy.kernel
         qp, kp, vp = kern.permute(q, k, v, plan.layout)
         kplan = kern.plan(plan.layout, plan.mask, qp)
         attn_ms = timed(lambda: kern.run(kplan, qp, kp, vp), 1500)
@@ -645,12 +651,12 @@ def section_whole(budgets=("density",)):
             table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60)
             log(f"\n  profile of one warm call (budget {bname}, density {density:.1%}):\n{table}")
             RESULTS["whole_profile"] = table
-    log(f"\n## Whole SVG2 call (Strategy: k-means 2 warm iterations, centroid scores, budget, triton kernel, "
+    log(f"\n## Whole SVG2 call (Strategy: k-means 2 warm iterations, centroid scores, budget, kernel as labelled, "
         f"un-permute), Wan shape; cuDNN dense {cudnn:.1f} ms")
-    log(f"{'budget':16} {'density':>8} {'ms':>9} {'speedup vs cuDNN':>17} {'rel err vs dense':>17} "
+    log(f"{'budget (kernel)':28} {'density':>8} {'ms':>9} {'speedup vs cuDNN':>17} {'rel err vs dense':>17} "
         f"{'kernel ms':>10} {'rest ms':>8} {'rest % cuDNN':>12}")
     for r in rows:
-        log(f"{r[0]:16} {r[1]:8.1%} {r[2]:9.2f} {r[3]:16.2f}× {r[4]:17.3f} {r[5]:10.2f} {r[2] - r[5]:8.2f} "
+        log(f"{r[0]:28} {r[1]:8.1%} {r[2]:9.2f} {r[3]:16.2f}× {r[4]:17.3f} {r[5]:10.2f} {r[2] - r[5]:8.2f} "
             f"{100 * (r[2] - r[5]) / cudnn:11.2f}%")
     RESULTS["whole"] = dict(rows=rows, cudnn_ms=cudnn)
     del q, k, v

@@ -88,7 +88,7 @@ class TorchBlockSparse(SparseKernel):
 class AutoKernel(SparseKernel):
     """Delegates to the first kernel of ``prefer`` whose `why_unsupported` is empty for the inputs."""
 
-    prefer: list = field(default_factory=lambda: ["triton", "torch"])
+    prefer: list = field(default_factory=lambda: ["gluon_ws", "triton", "torch"])
     _kernels: list = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:

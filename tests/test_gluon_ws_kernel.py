@@ -1,0 +1,311 @@
+"""Kernel ``gluon_ws`` (kernels/gluon_ws_attention.py): the warp-specialised Hopper main pass behind kernel ``triton``'s
+plan.
+
+Without a GPU: the kernel compiles for sm_90 (Gluon and the wheel's ptxas need no GPU); the PTX must show the warp
+specialisation (setmaxnreg lowering the producer's registers and raising the consumers'), the mbarrier pipeline
+(try_wait, cp.async completing on an mbarrier with .noinc), the proxy fence before the wgmma reads of cp.async-written
+tiles, asynchronous wgmma with one product left in flight, and ptxas must report no spills. With an sm_90 GPU: the
+kernel against the PyTorch reference on random layouts with empty blocks, one-token blocks, one block holding every
+token, N not a multiple of the tile, query blocks selecting one / every / no key block, strided inputs, bf16 and
+fp16, head dim 64 and 128, key tiles of 64 and 128, all three permutation modes; each comparison prints
+‖out − ref‖/‖ref‖.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+pytest.importorskip("triton.experimental.gluon", reason="this Triton has no Gluon")
+
+from sparseattn.interfaces import BlockMask, Layout  # noqa: E402
+from sparseattn.kernels.gluon_ws_attention import GluonWSBlockSparse  # noqa: E402
+from sparseattn.kernels.reference import TorchBlockSparse  # noqa: E402
+from sparseattn.registry import get  # noqa: E402
+
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+TOL = {torch.bfloat16: 1.5e-2, torch.float16: 3e-3}
+
+
+def _hopper() -> bool:
+    return (torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+            and torch.cuda.get_device_capability() == (9, 0))
+
+
+needs_hopper = pytest.mark.skipif(not _hopper(), reason="needs a compute-capability-9.0 GPU, not the interpreter")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# compile checks (CPU)
+# ----------------------------------------------------------------------------------------------------------------
+VARIANTS = [(128, 128, "bf16", True), (128, 128, "fp16", False), (64, 128, "bf16", True), (128, 64, "bf16", False)]
+
+_COMPILE = """
+import json, sys
+from sparseattn.kernels.gluon_ws_attention import compile_sm90
+out = {}
+for d, bn, dt, qr in json.loads(sys.argv[1]):
+    c = compile_sm90(d, bn, dt, qr)
+    name = f"{d}_{bn}_{dt}_{int(qr)}"
+    open(f"{sys.argv[2]}/{name}.ptx", "w").write(c.asm["ptx"])
+    out[name] = c.metadata.shared
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """PTX and shared-memory size of each variant, compiled for sm_90 in a fresh process: Gluon cannot compile
+    under TRITON_INTERPRET=1 (which conftest sets on CPU machines), and a private cache makes it really compile."""
+    folder = tmp_path_factory.mktemp("gluon_ws_sm90")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(folder / "cache")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", _COMPILE, json.dumps(VARIANTS), str(folder)], capture_output=True,
+                         text=True, env=env, cwd=root, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return folder, json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("head_dim,block_n,dtype,q_rows", VARIANTS)
+def test_compiles_warp_specialised_without_spills(compiled, head_dim, block_n, dtype, q_rows):
+    if not os.path.exists(PTXAS):
+        pytest.skip(f"no ptxas at {PTXAS}")
+    folder, shared = compiled
+    name = f"{head_dim}_{block_n}_{dtype}_{int(q_rows)}"
+    path = folder / f"{name}.ptx"
+    ptx = path.read_text()
+    # warp specialisation with register reallocation: the producer gives registers back, the consumers take them
+    dec = [int(r) for r in re.findall(r"setmaxnreg\.dec\.sync\.aligned\.u32\s+(\d+)", ptx)]
+    inc = [int(r) for r in re.findall(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+(\d+)", ptx)]
+    assert dec and inc, "no setmaxnreg: the kernel is not warp-specialised with register reallocation"
+    assert min(dec) <= 64 and max(inc) >= 216, (dec, inc)
+    # the mbarrier pipeline: cp.async arrivals without a pending-count increment, waits, and the proxy fence
+    assert "cp.async.mbarrier.arrive.noinc.shared" in ptx
+    assert len(re.findall(r"mbarrier\.try_wait\.parity", ptx)) >= 4
+    assert "fence.proxy.async.shared::cta" in ptx
+    waits = [int(w) for w in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)]
+    assert "wgmma.mma_async" in ptx
+    assert any(w > 0 for w in waits), f"every wgmma wait has 0 pending (no overlap): {waits}"
+    assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 0x10", ptx), "no 16-byte cp.async"
+    assert shared[name] <= 232448, shared[name]  # H100/H200 opt-in limit per block
+    res = subprocess.run([PTXAS, "-arch=sm_90a", "-v", str(path), "-o", str(folder / f"{name}.cubin")],
+                         capture_output=True, text=True)
+    report = res.stdout + res.stderr
+    assert res.returncode == 0, report
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    regs = re.search(r"Used (\d+) registers", report)
+    print(f"{name}: setmaxnreg dec {sorted(set(dec))} inc {sorted(set(inc))}, wgmma waits {sorted(set(waits))}, "
+          f"shared {shared[name]} B, {regs.group(1) if regs else '?'} registers at launch, "
+          f"{spills.group(0) if spills else report}")
+    assert spills and spills.group(1) == "0" and spills.group(2) == "0", report
+
+
+def test_registered_and_reasons_off_hopper():
+    assert get("kernel", "gluon_ws") is GluonWSBlockSparse
+    with pytest.raises(ValueError):
+        GluonWSBlockSparse(block_m=64)
+    q = torch.zeros(1, 1, 8, 128, dtype=torch.float32)
+    reasons = GluonWSBlockSparse().why_unsupported(q, q, q)
+    assert any("CUDA" in r for r in reasons) or any("interpreter" in r for r in reasons), reasons
+    assert any("float32" in r for r in reasons), reasons
+    q = torch.zeros(1, 1, 8, 96, dtype=torch.bfloat16)
+    assert any("head dim 96" in r for r in GluonWSBlockSparse().why_unsupported(q, q, q))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CUDA (sm_90) against the reference
+# ----------------------------------------------------------------------------------------------------------------
+def _sizes(gen: torch.Generator, n: int, m: int, empty: float = 0.0, one_token: bool = False) -> torch.Tensor:
+    """m block sizes summing to n; about ``empty`` of them 0; optionally one block of a single token."""
+    cuts = torch.sort(torch.randint(0, n + 1, (m - 1,), generator=gen)).values
+    sizes = torch.cat([torch.tensor([0]), cuts, torch.tensor([n])]).diff()
+    if empty > 0 and m > 2:
+        drop = torch.rand(m, generator=gen) < empty
+        drop[sizes.argmax()] = False
+        moved = int(sizes[drop].sum())
+        sizes[drop] = 0
+        sizes[sizes.argmax()] += moved
+    if one_token and m > 2:
+        j = int(torch.randint(0, m, (1,), generator=gen))
+        big = int(sizes.argmax())
+        if j != big:
+            sizes[big] += sizes[j] - 1
+            sizes[j] = 1
+    return sizes
+
+
+def _layout(q_sizes: torch.Tensor, k_sizes: torch.Tensor, d: int, gen=None) -> Layout:
+    """Layout on the GPU; with ``gen``, random token orders (the kernel then reads through them or permutes)."""
+    b, h, mq = q_sizes.shape
+    mk = k_sizes.shape[-1]
+    n = int(q_sizes[0, 0].sum())
+
+    def order():
+        return torch.stack([torch.randperm(n, generator=gen) for _ in range(b * h)]).reshape(b, h, n).cuda()
+
+    q_order, kv_order = (order(), order()) if gen is not None else (None, None)
+    return Layout(q_order, kv_order, q_sizes.cuda(), k_sizes.cuda(), torch.zeros(b, h, mq, d, device="cuda"),
+                  torch.zeros(b, h, mk, d, device="cuda"))
+
+
+def _qkv(gen, b, h, n, d, dtype):
+    return tuple((torch.randn(b, h, n, d, generator=gen) * 1.5).to(dtype=dtype, device="cuda") for _ in range(3))
+
+
+def _rel(out, ref) -> float:
+    return float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+
+
+def _through(kernel, q, k, v, layout, mask):
+    """A kernel's whole protocol: permute, plan, run, unpermute (output in the original token order)."""
+    qp, kp, vp = kernel.permute(q, k, v, layout)
+    return kernel.unpermute(kernel.run(kernel.plan(layout, mask, qp), qp, kp, vp), layout)
+
+
+def _check(q, k, v, layout, mask, dtype, case, **options):
+    out = _through(GluonWSBlockSparse(**options), q, k, v, layout, mask)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert bool(torch.isfinite(out).all()), case
+    ref = _through(TorchBlockSparse(), q, k, v, layout, mask)
+    err = _rel(out, ref)
+    print(f"{case} {options or ''}: ‖out − ref‖/‖ref‖ = {err:.2e}")
+    assert err <= TOL[dtype], (case, err)
+    return out
+
+
+CASES = {
+    # name: (B, H, N, D, Mq, Mk, density, empty fraction)
+    "clusters, some empty, N % 128 ≠ 0": (1, 3, 3001, 128, 9, 17, 0.35, 0.25),
+    "many tiny clusters": (1, 2, 1500, 128, 60, 90, 0.3, 0.1),
+    "batch 2, long lists": (2, 2, 4099, 128, 4, 6, 0.7, 0.0),
+    "head dim 64": (1, 2, 2001, 64, 7, 11, 0.4, 0.2),
+    "token orders (fused permutation)": (1, 2, 2500, 128, 8, 12, 0.4, 0.2),
+}
+
+
+def _random_case(case):
+    b, h, n, d, mq, mk, density, empty = CASES[case]
+    gen = torch.Generator().manual_seed(sum(map(ord, case)))
+    q_sizes = torch.stack([_sizes(gen, n, mq, empty, one_token=True) for _ in range(b * h)]).reshape(b, h, mq)
+    k_sizes = torch.stack([_sizes(gen, n, mk, empty, one_token=True) for _ in range(b * h)]).reshape(b, h, mk)
+    selected = torch.rand(b, h, mq, mk, generator=gen) < density
+    selected[..., 0, :] = True  # a query block selecting every key block
+    selected[..., 1, :] = False
+    selected[..., 1, int(k_sizes[0, 0].argmax())] = True  # one selecting exactly one (non-empty) key block
+    if mq > 2:
+        selected[..., 2, :] = False  # one selecting nothing: zeros
+    return gen, (b, h, n, d), q_sizes, k_sizes, selected
+
+
+@needs_hopper
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_random_layouts(case, dtype):
+    gen, (b, h, n, d), q_sizes, k_sizes, selected = _random_case(case)
+    q, k, v = _qkv(gen, b, h, n, d, dtype)
+    layout = _layout(q_sizes, k_sizes, d, gen if "orders" in case else None)
+    out = _check(q, k, v, layout, BlockMask(selected.cuda()), dtype, case)
+    if q_sizes.shape[-1] > 2 and layout.q_order is None:  # query block 2 selects nothing: zeros
+        start = int(q_sizes[0, 0, :2].sum())
+        assert torch.equal(out[0, 0, start:start + int(q_sizes[0, 0, 2])].float().abs().sum().cpu(),
+                           torch.tensor(0.0))
+
+
+@needs_hopper
+@pytest.mark.parametrize("fuse", ["q", "qkv", "none"])
+@pytest.mark.parametrize("block_n", [128, 64])
+def test_permutation_modes_and_key_tiles(fuse, block_n):
+    """Every fuse_permutation mode (query rows through the order, key rows through it too, or neither) with token
+    orders, for key tiles of 128 and 64."""
+    case = "token orders (fused permutation)"
+    gen, (b, h, n, d), q_sizes, k_sizes, selected = _random_case(case)
+    q, k, v = _qkv(gen, b, h, n, d, torch.bfloat16)
+    layout = _layout(q_sizes, k_sizes, d, gen)
+    _check(q, k, v, layout, BlockMask(selected.cuda()), torch.bfloat16, case, fuse_permutation=fuse,
+           block_n=block_n)
+
+
+@needs_hopper
+@pytest.mark.parametrize("n", [1, 77, 128, 129, 1000, 4500])
+def test_one_block_holds_every_token(n):
+    """Dense attention through one block (the only key tile partial unless n % 128 = 0), against softmax·V."""
+    gen = torch.Generator().manual_seed(n)
+    d = 128
+    q, k, v = _qkv(gen, 1, 2, n, d, torch.bfloat16)
+    full = torch.tensor([0, n, 0]).expand(1, 2, 3)
+    out = _check(q, k, v, _layout(full, full, d), BlockMask(torch.ones(1, 2, 3, 3, dtype=torch.bool).cuda()),
+                 torch.bfloat16, f"one block of {n} tokens")
+    dense = torch.softmax(q.double() @ k.double().transpose(-1, -2) / math.sqrt(d), -1) @ v.double()
+    assert _rel(out, dense) < TOL[torch.bfloat16]
+
+
+@needs_hopper
+def test_tail_pass_and_single_token_query_blocks():
+    """Query blocks of 1, 64, 65, 128, 129, 192, 200 rows: main-pass tiles, tail-pass tiles and both."""
+    gen = torch.Generator().manual_seed(7)
+    q_sizes = torch.tensor([[[1, 64, 65, 128, 129, 192, 200, 0]]])
+    n = int(q_sizes.sum())
+    k_sizes = torch.tensor([[[300, 1, 0, n - 301]]])
+    selected = torch.rand(1, 1, 8, 4, generator=gen) < 0.6
+    selected[..., 3, :] = True
+    q, k, v = _qkv(gen, 1, 1, n, 128, torch.bfloat16)
+    _check(q, k, v, _layout(q_sizes, k_sizes, 128), BlockMask(selected.cuda()), torch.bfloat16, "tail pass")
+
+
+@needs_hopper
+@pytest.mark.parametrize("d", [128, 64])
+def test_strided_inputs_and_orders(d):
+    """q, k, v as [B, N, H, D] tensors seen as [B, H, N, D] (rows contiguous, heads interleaved), with token orders."""
+    gen = torch.Generator().manual_seed(11)
+    b, h, n = 1, 3, 1700
+    q, k, v = ((torch.randn(b, n, h, d, generator=gen) * 1.5).to(torch.bfloat16).cuda().transpose(1, 2)
+               for _ in range(3))
+    q_sizes = torch.stack([_sizes(gen, n, 6, 0.2) for _ in range(b * h)]).reshape(b, h, 6)
+    k_sizes = torch.stack([_sizes(gen, n, 9, 0.2) for _ in range(b * h)]).reshape(b, h, 9)
+    selected = torch.rand(b, h, 6, 9, generator=gen) < 0.5
+    selected[..., 0, :] = True
+    _check(q, k, v, _layout(q_sizes, k_sizes, d, gen), BlockMask(selected.cuda()), torch.bfloat16, f"strided d{d}")
+
+
+@needs_hopper
+def test_equals_kernel_gluon():
+    """Same plan and tiles: the output matches kernel 'gluon' to rounding (bit for bit with early_rescale=False,
+    which keeps that kernel's order of operations)."""
+    from sparseattn.kernels.gluon_attention import GluonBlockSparse
+
+    gen, (b, h, n, d), q_sizes, k_sizes, selected = _random_case("clusters, some empty, N % 128 ≠ 0")
+    q, k, v = _qkv(gen, b, h, n, d, torch.bfloat16)
+    layout = _layout(q_sizes, k_sizes, d)
+    mask = BlockMask(selected.cuda())
+    theirs = _through(GluonBlockSparse(), q, k, v, layout, mask)
+    ours = _through(GluonWSBlockSparse(), q, k, v, layout, mask)
+    err = _rel(ours, theirs)
+    print(f"gluon_ws vs gluon: {err:.2e}, bit-identical: {torch.equal(ours, theirs)}")
+    assert err < 1e-2
+    late = _through(GluonWSBlockSparse(early_rescale=False), q, k, v, layout, mask)
+    print(f"gluon_ws (late rescale) vs gluon: bit-identical: {torch.equal(late, theirs)}")
+    assert torch.equal(late, theirs)
+
+
+@needs_hopper
+@pytest.mark.parametrize("n", [129, 3001])
+@pytest.mark.parametrize("pingpong,early_rescale", [(True, True), (True, False), (False, False)])
+def test_scheduling_options(n, pingpong, early_rescale):
+    """The consumer warpgroups alternating their products (pingpong) or not, O rescaled under the score product
+    (early_rescale) or after the P·V product: the same attention."""
+    gen = torch.Generator().manual_seed(n)
+    q, k, v = _qkv(gen, 1, 2, n, 128, torch.bfloat16)
+    q_sizes = torch.stack([_sizes(gen, n, 5, 0.2, one_token=True) for _ in range(2)]).reshape(1, 2, 5)
+    selected = torch.rand(1, 2, 5, 5, generator=gen) < 0.6
+    selected[..., 0, :] = True
+    _check(q, k, v, _layout(q_sizes, q_sizes.clone(), 128), BlockMask(selected.cuda()), torch.bfloat16,
+           f"n {n}", pingpong=pingpong, early_rescale=early_rescale)
