@@ -60,7 +60,6 @@ def _gluon_assign_kernel(
     it, tol, N, C, sxg, sxn,
     BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr, MAX_IT: gl.constexpr,
     USE_TOL: gl.constexpr, TILE_BITS: gl.constexpr, FOLD: gl.constexpr, ACCUMULATE: gl.constexpr,
-    X_IN_REGS: gl.constexpr = False,
 ):
     """Arguments as ``_assign_kernel`` (triton_kmeans.py) with D = BLOCK_D (rows of 16-byte copies, so no column
     mask); X and CD share the operand dtype (bf16 or float16)."""
@@ -103,16 +102,8 @@ def _gluon_assign_kernel(
 
         slots = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, acc_layout))
         zeros = gl.zeros([BLOCK_P, BLOCK_C], gl.float32, acc_layout)
-        if X_IN_REGS:  # the points as the A operand from registers: wgmma then reads only the centroids from
-            # shared memory (with A from shared memory too, a 64-centroid tile is bound by shared-memory reads)
-            xa = x_smem.load(gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2))
-        else:
-            xa = x_smem
-        tok = warpgroup_mma(xa, c_smem.index(0).permute((1, 0)), zeros, use_acc=False, is_async=True)
-        if X_IN_REGS:
-            s, xa = warpgroup_mma_wait(0, deps=[tok, xa])
-        else:
-            s = warpgroup_mma_wait(0, deps=[tok])
+        tok = warpgroup_mma(x_smem, c_smem.index(0).permute((1, 0)), zeros, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(0, deps=[tok])
         csq = gl.load(CSQ + g * C + slots, mask=slots < C, other=far)
         best = gl.full([BLOCK_P, BLOCK_C], float("inf"), gl.float32, acc_layout)
         for t in range(0, n_tiles - 1):
@@ -124,15 +115,12 @@ def _gluon_assign_kernel(
             # S_{t+1} is issued only once S_t has retired and is folded while S_{t+1} runs: no wgmma is in flight
             # across the loop's back edge or while accumulator registers are written, which would make ptxas
             # serialise every wgmma (C7514/C7515).
-            tok = warpgroup_mma(xa, c_smem.index((t + 1) % STAGES).permute((1, 0)), zeros, use_acc=False,
+            tok = warpgroup_mma(x_smem, c_smem.index((t + 1) % STAGES).permute((1, 0)), zeros, use_acc=False,
                                 is_async=True)
             cen = (t + 1) * BLOCK_C + slots
             csq_next = gl.load(CSQ + g * C + cen, mask=cen < C, other=far)
             best = _fold_tile(best, s, csq, t, FOLD, TILE_BITS)
-            if X_IN_REGS:  # a register operand must stay live until its product retires
-                s, xa = warpgroup_mma_wait(0, deps=[tok, xa])
-            else:
-                s = warpgroup_mma_wait(0, deps=[tok])
+            s = warpgroup_mma_wait(0, deps=[tok])
             csq = csq_next
         best = _fold_tile(best, s, csq, n_tiles - 1, FOLD, TILE_BITS)
         async_copy.wait_group(0)  # copies of tiles past the end (all masked) must land before the CTA exits
@@ -161,8 +149,8 @@ def _gluon_assign_kernel(
                           gl.full([BLOCK_P], 1, gl.int32, count_layout), mask=count_rows < N, sem="relaxed")
 
 
-def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 8, maxnreg: int = 128, dtype: str = "bf16",
-                 accumulate: bool = True, tile_bits: int = 4, x_in_regs: bool = False):
+def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 4, maxnreg: int = 0, dtype: str = "bf16",
+                 accumulate: bool = True, tile_bits: int = 4):
     """Compile the kernel for sm_90 without a GPU (for inspection and the CPU test) with the launch options
     ``TritonKMeans`` uses by default; returns ``triton.compile``'s result (``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata.shared``)."""
     import triton
@@ -173,12 +161,11 @@ def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 8, maxn
     types = [f"*{dtype}", f"*{dtype}", "*fp32", "*i64", "*fp32", "*i32", "*fp32", "i32", "fp32"] + ["i32"] * 4
     signature = dict(zip(names, types))
     signature.update({k: "constexpr" for k in ("BLOCK_P", "BLOCK_C", "BLOCK_D", "MAX_IT", "USE_TOL", "TILE_BITS",
-                                               "FOLD", "ACCUMULATE", "X_IN_REGS")})
+                                               "FOLD", "ACCUMULATE")})
     aligned = [i for i, name in enumerate(names) if types[i].startswith("*") or name in ("sxg", "sxn")]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = GluonASTSource(_gluon_assign_kernel, signature=signature, attrs=attrs,
                          constexprs=dict(BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_D=128, MAX_IT=2, USE_TOL=False,
-                                         TILE_BITS=tile_bits, FOLD=dtype == "bf16", ACCUMULATE=accumulate,
-                                         X_IN_REGS=x_in_regs))
+                                         TILE_BITS=tile_bits, FOLD=dtype == "bf16", ACCUMULATE=accumulate))
     options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)

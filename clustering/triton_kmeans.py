@@ -243,7 +243,6 @@ class TritonKMeans(Clusterer):
     _asm: bool = field(default=True, repr=False)  # False: the packed argmin's and-or without inline PTX (diagnostic)
     _fold: bool = field(default=True, repr=False)  # False: ‖c‖² − 2x·c after the product (a diagnostic)
     _maxnreg: int = field(default=-1, repr=False)  # gluon: register cap per thread (-1: by launch shape, 0: none)
-    _x_in_regs: bool = field(default=False, repr=False)  # gluon: points as the wgmma A operand from registers
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -399,9 +398,9 @@ class TritonKMeans(Clusterer):
 
         groups, n, d = x.shape
         c = cd.shape[1]
-        # H100 (benchmarks/NOTES.md): 128 points × 64 centroids, two warpgroups, registers capped at 128 per thread
-        # so that two programs share a multiprocessor (one's prologue and atomics overlap the other's products).
-        warps = self.num_warps or 8
+        # H100 (benchmarks/NOTES.md, three runs): 128 points × 64 centroids with one warpgroup (two programs per
+        # multiprocessor) was 4% faster than two warpgroups capped at 128 registers, and than 256-point tiles.
+        warps = self.num_warps or 4
         bp = self.block_points or 128
         bc = self.block_centroids or 64
         if bp % (16 * warps):
@@ -413,5 +412,5 @@ class TritonKMeans(Clusterer):
             x, cd, csq, labels, sums, counts, shift,
             it, float(tol), n, c, x.stride(0), x.stride(1),
             BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=d, MAX_IT=max_it, USE_TOL=tol > 0, TILE_BITS=tile_bits, FOLD=fold,
-            ACCUMULATE=self._accumulate, X_IN_REGS=self._x_in_regs, num_warps=warps, **options,
+            ACCUMULATE=self._accumulate, num_warps=warps, **options,
         )

@@ -34,9 +34,10 @@ def _hopper() -> bool:
 
 needs_hopper = pytest.mark.skipif(not _hopper(), reason="needs a compute-capability-9.0 GPU, not the interpreter")
 
-# (points per program, warps, register cap, dtype, accumulate): the default launch for bf16, float16 and
-# the assignment-only diagnostic
-VARIANTS = [(128, 8, 128, "bf16", True), (128, 8, 128, "fp16", True), (128, 8, 128, "bf16", False)]
+# (points per program, warps, register cap, dtype, accumulate): the default launch for bf16, float16 and the
+# assignment-only diagnostic, and two warpgroups capped at 128 registers
+VARIANTS = [(128, 4, 0, "bf16", True), (128, 4, 0, "fp16", True), (128, 4, 0, "bf16", False),
+            (128, 8, 128, "bf16", True)]
 
 _COMPILE = """
 import json, sys
