@@ -37,6 +37,22 @@ An empty list (L = 0) still runs one (all-masked, zero-filled) tile and outputs 
 may be partial (scores masked to −inf, rows zero-filled); query rows ≥ q_end are not stored. Outputs equal kernel
 ``gluon``'s (bit for bit with ``early_rescale=False``, which keeps its order of operations).
 
+Persistent (``persistent``, default): about one program per SM (the SM count, cached per device), each running
+work items until none are left, so a program's prologue (launch, barrier set-up, Q and the first K/V tiles) is paid
+once per SM rather than once per item and overlaps the previous item. The K/V ring and its full/empty mbarriers run
+on across items (a tile's stage and phase come from its position g in the program's ring sequence, not its index
+in the list), so the producer gathers the next item's K_0/V_0 while the consumers finish the current item's last
+tiles. Q keeps one buffer (a second would exceed the 227 KB per block): q_full (producer → consumers, one cp.async
+arrival per producer thread) and q_empty (consumers → producer, one arrival per consumer warpgroup once its last
+score product of the item has retired, before the epilogue's P·V and store) hand it back and forth; the producer
+gathers K_0/V_0 of the next item first, then waits q_empty and gathers its Q. Work items are claimed with an atomic
+increment of a zeroed int32 counter (``dynamic``, default: the producer claims, skipping unused slots, and hands the
+slot index to both consumer warpgroups through two shared-memory slots with item_full mbarriers; the slot of item
+i + 2 is rewritten only after q_empty of item i, which follows the consumers' read) or by a static stride (program p
+runs slots p, p + nprog, …). The order stays head-major (the work list's), which keeps the K/V being gathered in L2;
+no host synchronisation (CUDA-graph capturable). Outputs equal the one-program-per-item kernel's bit for bit (each
+item runs the same instructions). No ping-pong: ``pingpong=True`` runs the one-program-per-item kernel.
+
 Registers (ptxas, sm_90a, no spills): launched at 168 per thread (12 warps); the producer drops to 64, consumer
 warpgroup 0 (the default partition) rises to 224 and warpgroup 1 to 216. The producer spilled at 40–56.
 
@@ -50,12 +66,21 @@ the tensor cores; FlashAttention-3 hands over with named barriers (bar.sync/bar.
 ``early_rescale=False`` took 236.8 ms. The sparse cases gain less than the dense one: there the Triton tail pass,
 each program's prologue (Q and the first tile, not overlapped: one work item per program) and the uneven list
 lengths remain.
+
+Persistent, measured in one process (H100 SXM, same shape, benchmarks/gluon_ws_dev.py, cuDNN 198.4 ms,
+benchmarks/results/h100-2026-11-27-s3-gluonws-persistent.log; best of two interleaved rounds): one block 224.5 ms
+(0.88× cuDNN) against 235.8 ms one program per item (0.84×); k-means layouts at 10/15/30% 29.2/42.2/81.2 ms
+(0.69/0.71/0.74× cuDNN effective) against 30.9/44.6/86.4 ms (0.66/0.68/0.69×): 5–6% faster. The static stride
+gained on the dense block (228.5 ms) but not on the k-means layouts (30.0/44.6/87.0 ms): list lengths vary, so
+fixed shares of items leave SMs idle at the end, where the atomic counter balances greedily. The Triton tail pass
+(≤ 64-row tiles) still runs as its own launch.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
 
+import torch
 from torch import Tensor
 
 from sparseattn.registry import register
@@ -97,8 +122,18 @@ def _producer(q_smem, k_smem, v_smem, q_full, full, empty,
     ld: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // TPR, TPR],
                                         warps_per_cta=[gl.num_warps(), 1], order=[1, 0])
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, ld))
+    _gather_q(q_smem, q_full, Qh, Q_ROWS, q_start, q_end, row_base, sqn, offs_d, HAS_Q_ROWS, ld)
 
-    # Q, as two 64-row halves (one per consumer warpgroup), through the query order when the permutation is fused
+    n_tiles = gl.maximum((L + BLOCK_N - 1) // BLOCK_N, 1)  # an empty list still runs one (all-masked) tile
+    for t in range(n_tiles):
+        _gather_tile(t, t, k_smem, v_smem, full, empty, Kh, Vh, lst, L, skn, svn, offs_d, BLOCK_N, ld)
+
+
+@gluon.jit
+def _gather_q(q_smem, q_full, Qh, Q_ROWS, q_start, q_end, row_base, sqn, offs_d, HAS_Q_ROWS: gl.constexpr,
+              ld: gl.constexpr):
+    """Q, as two 64-row halves (one per consumer warpgroup), through the query order when the permutation is fused;
+    q_full completes when every producer thread's copies have landed."""
     for w in gl.static_range(2):
         q_pos = q_start + w * WG_ROWS + gl.arange(0, WG_ROWS, layout=gl.SliceLayout(1, ld))
         q_live = q_pos < q_end
@@ -108,30 +143,131 @@ def _producer(q_smem, k_smem, v_smem, q_full, full, empty,
         async_copy.async_copy_global_to_shared(q_smem.index(w), q_ptr, mask=q_live[:, None])
     async_copy.mbarrier_arrive(q_full, increment_count=False)
 
-    n_tiles = gl.maximum((L + BLOCK_N - 1) // BLOCK_N, 1)  # an empty list still runs one (all-masked) tile
+
+@gluon.jit
+def _gather_tile(t, g, k_smem, v_smem, full, empty, Kh, Vh, lst, L, skn, svn, offs_d, BLOCK_N: gl.constexpr,
+                 ld: gl.constexpr):
+    """K_t and V_t (key tile t of the list) into ring stage g % STAGES (g: the tile's position in the ring's
+    sequence), after the consumers have freed that stage; full completes when the copies have landed."""
     # A tile is gathered in four row chunks: the 64-bit source addresses of a whole tile (16 rows per thread at D 128)
     # do not fit the producer's register budget (ptxas spilled), a chunk's do.
     CH: gl.constexpr = BLOCK_N // 4
     offs_c = gl.arange(0, CH, layout=gl.SliceLayout(1, ld))
-    for t in range(n_tiles):
-        # Key indices of tile t, loaded before the stage wait so their L2 latency hides behind it. They are not
-        # prefetched a tile ahead in registers (as kernel 'gluon' does): the producer runs up to two tiles ahead of
-        # the consumers, which hides this latency, and two tiles of indices do not fit its register budget.
-        p0 = t * BLOCK_N + offs_c
-        i0 = gl.load(lst + p0, mask=p0 < L, other=0)
-        i1 = gl.load(lst + p0 + CH, mask=p0 + CH < L, other=0)
-        i2 = gl.load(lst + p0 + 2 * CH, mask=p0 + 2 * CH < L, other=0)
-        i3 = gl.load(lst + p0 + 3 * CH, mask=p0 + 3 * CH < L, other=0)
-        s = t % STAGES
-        # a fresh barrier counts as having completed the phase before its first, so round 0 passes at once
-        mbarrier.wait(empty.index(s), ((t // STAGES) & 1) ^ 1)
-        ks = k_smem.index(s)
-        vs = v_smem.index(s)
-        _gather_kv(ks.slice(0, CH), vs.slice(0, CH), Kh, Vh, i0, p0 < L, skn, svn, offs_d)
-        _gather_kv(ks.slice(CH, CH), vs.slice(CH, CH), Kh, Vh, i1, p0 + CH < L, skn, svn, offs_d)
-        _gather_kv(ks.slice(2 * CH, CH), vs.slice(2 * CH, CH), Kh, Vh, i2, p0 + 2 * CH < L, skn, svn, offs_d)
-        _gather_kv(ks.slice(3 * CH, CH), vs.slice(3 * CH, CH), Kh, Vh, i3, p0 + 3 * CH < L, skn, svn, offs_d)
-        async_copy.mbarrier_arrive(full.index(s), increment_count=False)
+    # Key indices of tile t, loaded before the stage wait so their L2 latency hides behind it. They are not
+    # prefetched a tile ahead in registers (as kernel 'gluon' does): the producer runs up to two tiles ahead of
+    # the consumers, which hides this latency, and two tiles of indices do not fit its register budget.
+    p0 = t * BLOCK_N + offs_c
+    i0 = gl.load(lst + p0, mask=p0 < L, other=0)
+    i1 = gl.load(lst + p0 + CH, mask=p0 + CH < L, other=0)
+    i2 = gl.load(lst + p0 + 2 * CH, mask=p0 + 2 * CH < L, other=0)
+    i3 = gl.load(lst + p0 + 3 * CH, mask=p0 + 3 * CH < L, other=0)
+    s = g % STAGES
+    # a fresh barrier counts as having completed the phase before its first, so round 0 passes at once
+    mbarrier.wait(empty.index(s), ((g // STAGES) & 1) ^ 1)
+    ks = k_smem.index(s)
+    vs = v_smem.index(s)
+    _gather_kv(ks.slice(0, CH), vs.slice(0, CH), Kh, Vh, i0, p0 < L, skn, svn, offs_d)
+    _gather_kv(ks.slice(CH, CH), vs.slice(CH, CH), Kh, Vh, i1, p0 + CH < L, skn, svn, offs_d)
+    _gather_kv(ks.slice(2 * CH, CH), vs.slice(2 * CH, CH), Kh, Vh, i2, p0 + 2 * CH < L, skn, svn, offs_d)
+    _gather_kv(ks.slice(3 * CH, CH), vs.slice(3 * CH, CH), Kh, Vh, i3, p0 + 3 * CH < L, skn, svn, offs_d)
+    async_copy.mbarrier_arrive(full.index(s), increment_count=False)
+
+
+@gluon.jit
+def _producer_persistent(q_smem, k_smem, v_smem, q_full, q_empty, full, empty, item_smem, item_full, Q, K, V,
+                         Q_ROWS, Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, COUNTER, N, H, MQ, SLOTS, N_ITEMS,
+                         sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
+                         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                         HAS_Q_ROWS: gl.constexpr, DYNAMIC: gl.constexpr):
+    """The persistent kernel's producer. Static schedule: work items pid, pid + nprog, … (unused slots skipped).
+    Dynamic schedule: the next item is claimed with an atomic increment of COUNTER (unused slots skipped) and
+    published to the consumers through item_smem/item_full (N_ITEMS: no more items). Per item K_0/V_0 first (the ring runs on across items, so it is
+    gathered while the consumers finish the previous item), then Q once both consumer warpgroups have retired their
+    last score product of the previous item (q_empty), then the remaining tiles."""
+    TPR: gl.constexpr = HEAD_DIM // 8
+    ld: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // TPR, TPR],
+                                        warps_per_cta=[gl.num_warps(), 1], order=[1, 0])
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, ld))
+    g = 0  # tiles gathered so far (the ring's sequence)
+    it = 0  # work items gathered so far (q_full / q_empty / item_full phases)
+    if DYNAMIC:
+        w = _claim(COUNTER, WORK_I, N_ITEMS)
+        while w < N_ITEMS:
+            _publish(item_smem, item_full, it, w)
+            g = _produce_item(w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, Q, K, V, Q_ROWS,
+                              Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, N, H, MQ, SLOTS, sqb, sqh, sqn, skb, skh,
+                              skn, svb, svh, svn, offs_d, BLOCK_M, BLOCK_N, HAS_Q_ROWS, ld)
+            it += 1
+            # claimed after the item's last gather: the producer runs up to two tiles ahead of the consumers, which
+            # hides the atomic's latency (claimed during the item, the claim did not fit its 64 registers: spills)
+            w = _claim(COUNTER, WORK_I, N_ITEMS)
+        _publish(item_smem, item_full, it, N_ITEMS)  # no more items
+    else:
+        for w in range(gl.program_id(0), N_ITEMS, gl.num_programs(0)):
+            blk = gl.load(WORK_I + w)
+            if blk >= 0:
+                g = _produce_item(w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, Q, K, V, Q_ROWS,
+                                  Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, N, H, MQ, SLOTS, sqb, sqh, sqn, skb,
+                                  skh, skn, svb, svh, svn, offs_d, BLOCK_M, BLOCK_N, HAS_Q_ROWS, ld)
+                it += 1
+
+
+@gluon.jit
+def _claim(COUNTER, WORK_I, N_ITEMS):
+    """The next used work-item slot (atomic increment of COUNTER, unused slots skipped); ≥ N_ITEMS: none left."""
+    w = gl.atomic_add(COUNTER, 1)
+    blk = gl.load(WORK_I + w, mask=w < N_ITEMS, other=0)
+    while blk < 0:
+        w = gl.atomic_add(COUNTER, 1)
+        blk = gl.load(WORK_I + w, mask=w < N_ITEMS, other=0)
+    return w
+
+
+@gluon.jit
+def _publish(item_smem, item_full, it, w):
+    """Write work item w into slot it % 2 and signal its barrier. The consumers read slot it % 2 at the start of item
+    it, before their q_empty arrival for it, which the producer has waited for (gathering item it + 1's Q) before it
+    writes the slot again for item it + 2."""
+    lay: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
+    item_smem.index(it % 2).store(gl.full([1], w, gl.int32, lay))
+    mbarrier.arrive(item_full.index(it % 2))  # after a barrier of the partition's warps: release to the consumers
+
+
+@gluon.jit
+def _read_item(item_smem, item_full, it):
+    lay: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
+    mbarrier.wait(item_full.index(it % 2), (it // 2) & 1)
+    return gl.max(item_smem.index(it % 2).load(lay), 0)
+
+
+@gluon.jit
+def _produce_item(w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, Q, K, V, Q_ROWS,
+                  Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, N, H, MQ, SLOTS, sqb, sqh, sqn, skb, skh, skn, svb,
+                  svh, svn, offs_d, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HAS_Q_ROWS: gl.constexpr,
+                  ld: gl.constexpr):
+    """Gathers work item w (a used slot): K_0/V_0, Q (after q_empty of the previous item), K_t/V_t for t ≥ 1.
+    Returns the ring position after its tiles."""
+    blk = gl.load(WORK_I + w)
+    r = gl.load(WORK_R + w)
+    # head indices in 32 bits (the plan's per-head tables are small), 64 bits from the tensor offsets on: fewer
+    # 64-bit values live across the loop (the dynamic schedule's producer spilled two sign extensions otherwise)
+    bh = w // SLOTS
+    b = (bh // H).to(gl.int64)
+    h = (bh % H).to(gl.int64)
+    q_start = gl.load(Q_OFF + bh * (MQ + 1) + blk) + r * BLOCK_M
+    q_end = gl.load(Q_OFF + bh * (MQ + 1) + blk + 1)
+    L = gl.load(LENS + bh * MQ + blk)
+    lst = LIST + gl.load(LIST_OFF + bh * MQ + blk)
+    Kh = K + b * skb + h * skh
+    Vh = V + b * svb + h * svh
+    n_tiles = gl.maximum((L + BLOCK_N - 1) // BLOCK_N, 1)
+    _gather_tile(0, g, k_smem, v_smem, full, empty, Kh, Vh, lst, L, skn, svn, offs_d, BLOCK_N, ld)
+    mbarrier.wait(q_empty, (it & 1) ^ 1)  # a fresh barrier passes round 0 at once
+    _gather_q(q_smem, q_full, Q + b * sqb + h * sqh, Q_ROWS, q_start, q_end, bh.to(gl.int64) * N, sqn, offs_d,
+              HAS_Q_ROWS, ld)
+    for t in range(1, n_tiles):
+        _gather_tile(t, g + t, k_smem, v_smem, full, empty, Kh, Vh, lst, L, skn, svn, offs_d, BLOCK_N, ld)
+    return g + n_tiles
 
 
 @gluon.jit
@@ -153,7 +289,7 @@ def _wait_stage(full, j):
 
 
 @gluon.jit
-def _step(j, WG: gl.constexpr, q, k_smem, v_smem, full, empty, turn, L, o, m_i, l_i, p_cur, alpha_o, qk_scale,
+def _step(j, g, WG: gl.constexpr, q, k_smem, v_smem, full, empty, turn, L, o, m_i, l_i, p_cur, alpha_o, qk_scale,
           MASKED: gl.constexpr, PINGPONG: gl.constexpr, EARLY_RESCALE: gl.constexpr, BLOCK_N: gl.constexpr,
           s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
     """Key tile j ≥ 1: S_j = Q·K_jᵀ and O += P_{j−1}·V_{j−1} in flight together, softmax(S_j) under the P·V and
@@ -161,16 +297,19 @@ def _step(j, WG: gl.constexpr, q, k_smem, v_smem, full, empty, turn, L, o, m_i, 
 
     alpha_o: the rescale factor of O from softmax(S_{j−1}). With EARLY_RESCALE (FlashAttention-3's order) O is
     rescaled between issuing the score product and the P·V product, so the multiply runs under the score product;
-    otherwise O is rescaled by softmax(S_j)'s factor after the P·V product retired, on the critical path."""
-    _wait_stage(full, j)
+    otherwise O is rescaled by softmax(S_j)'s factor after the P·V product retired, on the critical path.
+
+    g: tile j's position in the K/V ring's sequence (j in a one-item program; the persistent kernel's ring runs on
+    across work items), which picks the stage and the mbarrier phase."""
+    _wait_stage(full, g)
     # ping-pong: issue only in our turn, then hand the tensor cores to the other warpgroup
     if PINGPONG:
         mbarrier.wait(turn.index(WG), (j - 1) & 1)
-    s_tok = warpgroup_mma(q, k_smem.index(j % STAGES).permute((1, 0)),
+    s_tok = warpgroup_mma(q, k_smem.index(g % STAGES).permute((1, 0)),
                           gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
     if EARLY_RESCALE:
         o = o * alpha_o[:, None]
-    o_tok = warpgroup_mma(p_cur, v_smem.index((j - 1) % STAGES), o, is_async=True)
+    o_tok = warpgroup_mma(p_cur, v_smem.index((g - 1) % STAGES), o, is_async=True)
     if PINGPONG:
         mbarrier.arrive(turn.index(1 - WG))
 
@@ -179,7 +318,7 @@ def _step(j, WG: gl.constexpr, q, k_smem, v_smem, full, empty, turn, L, o, m_i, 
     p_next = gl.convert_layout(p.to(p_cur.dtype), p_layout)
 
     o, p_cur = warpgroup_mma_wait(0, deps=[o_tok, p_cur])  # p_cur stays live until its product retires
-    mbarrier.arrive(empty.index((j - 1) % STAGES))  # K_{j−1} and V_{j−1} are no longer read
+    mbarrier.arrive(empty.index((g - 1) % STAGES))  # K_{j−1} and V_{j−1} are no longer read
     alpha_o = gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))
     if not EARLY_RESCALE:
         o = o * alpha_o[:, None]
@@ -192,6 +331,18 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, full, empty, tur
               HAS_Q_ROWS: gl.constexpr, PINGPONG: gl.constexpr, EARLY_RESCALE: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_DIM: gl.constexpr):
     """Rows WG·64 … WG·64 + 63 of the work item's tile: the attention loop and the output store."""
+    _attend(WG, 0, 0, q_smem, k_smem, v_smem, q_full, q_full, full, empty, turn, Oh, Q_ROWS, q_start, q_end, L,
+            row_base, son, qk_scale, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE, False, BLOCK_N, HEAD_DIM)
+
+
+@gluon.jit
+def _attend(WG: gl.constexpr, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn,
+            Oh, Q_ROWS, q_start, q_end, L, row_base, son, qk_scale,
+            HAS_Q_ROWS: gl.constexpr, PINGPONG: gl.constexpr, EARLY_RESCALE: gl.constexpr, SIGNAL_Q: gl.constexpr,
+            BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr):
+    """One work item for consumer warpgroup WG: g is its first key tile's position in the ring's sequence, it the
+    item's position in the program's sequence (the q_full phase); with SIGNAL_Q, q_empty is arrived on once the
+    item's last score product has retired (the producer may then gather the next item's Q)."""
     dtype: gl.constexpr = q_smem.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -201,10 +352,10 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, full, empty, tur
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     q = q_smem.index(WG)
 
-    mbarrier.wait(q_full, 0)
-    _wait_stage(full, 0)
+    mbarrier.wait(q_full, it & 1)
+    _wait_stage(full, g)
     # Tile 0 (masked: it may be the only, partial, or empty tile), outside the ping-pong.
-    s_tok = warpgroup_mma(q, k_smem.index(0).permute((1, 0)),
+    s_tok = warpgroup_mma(q, k_smem.index(g % STAGES).permute((1, 0)),
                           gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=[s_tok])
     m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
@@ -217,16 +368,18 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, full, empty, tur
     n_tiles = gl.maximum((L + BLOCK_N - 1) // BLOCK_N, 1)
     n_full = L // BLOCK_N
     for j in range(1, n_full):  # full key tiles: no masking
-        o, m_i, l_i, p_cur, alpha_o = _step(j, WG, q, k_smem, v_smem, full, empty, turn, L, o, m_i, l_i, p_cur,
-                                            alpha_o, qk_scale, False, PINGPONG, EARLY_RESCALE, BLOCK_N, s_layout,
-                                            o_layout, p_layout)
-    if (n_full >= 1) & (n_full < n_tiles):  # a partial last tile after at least one full one
-        o, m_i, l_i, p_cur, alpha_o = _step(n_full, WG, q, k_smem, v_smem, full, empty, turn, L, o, m_i, l_i,
-                                            p_cur, alpha_o, qk_scale, True, PINGPONG, EARLY_RESCALE, BLOCK_N,
+        o, m_i, l_i, p_cur, alpha_o = _step(j, g + j, WG, q, k_smem, v_smem, full, empty, turn, L, o, m_i, l_i,
+                                            p_cur, alpha_o, qk_scale, False, PINGPONG, EARLY_RESCALE, BLOCK_N,
                                             s_layout, o_layout, p_layout)
+    if (n_full >= 1) & (n_full < n_tiles):  # a partial last tile after at least one full one
+        o, m_i, l_i, p_cur, alpha_o = _step(n_full, g + n_full, WG, q, k_smem, v_smem, full, empty, turn, L, o,
+                                            m_i, l_i, p_cur, alpha_o, qk_scale, True, PINGPONG, EARLY_RESCALE,
+                                            BLOCK_N, s_layout, o_layout, p_layout)
+    if SIGNAL_Q:
+        mbarrier.arrive(q_empty)  # every score product of this item has retired: Q may be overwritten
 
     # Epilogue: O += P·V_{T−1} (its stage was waited for with K_{T−1}; for an empty list P = 0 and V_0 is zeros).
-    last = n_tiles - 1
+    last = g + n_tiles - 1
     if EARLY_RESCALE:
         o = o * alpha_o[:, None]
     o_tok = warpgroup_mma(p_cur, v_smem.index(last % STAGES), o, is_async=True)
@@ -242,6 +395,52 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, full, empty, tur
         offs_m = gl.load(Q_ROWS + row_base + offs_m, mask=mrow, other=0)
     offs_do = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
     gl.store(Oh + offs_m[:, None].to(gl.int64) * son + offs_do[None, :], out, mask=mrow[:, None])
+    return g + n_tiles
+
+
+@gluon.jit
+def _consumer_persistent(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, item_smem,
+                         item_full, O, Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, N_ITEMS,
+                         sob, soh, son, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                         HAS_Q_ROWS: gl.constexpr, EARLY_RESCALE: gl.constexpr, DYNAMIC: gl.constexpr):
+    """The persistent kernel's consumer warpgroup WG: the producer's sequence of work items (static: the same
+    stride; dynamic: as published in item_smem), one _attend each."""
+    g = 0  # tiles consumed so far (the ring's sequence)
+    it = 0  # work items done so far (q_full / item_full phases)
+    if DYNAMIC:
+        w = _read_item(item_smem, item_full, it)
+        while w < N_ITEMS:
+            g = _consume_item(WG, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O, Q_ROWS,
+                              Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, sob, soh, son, BLOCK_M,
+                              BLOCK_N, HEAD_DIM, HAS_Q_ROWS, EARLY_RESCALE)
+            it += 1
+            w = _read_item(item_smem, item_full, it)
+    else:
+        for w in range(gl.program_id(0), N_ITEMS, gl.num_programs(0)):
+            blk = gl.load(WORK_I + w)
+            if blk >= 0:
+                g = _consume_item(WG, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O,
+                                  Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, sob, soh, son,
+                                  BLOCK_M, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, EARLY_RESCALE)
+                it += 1
+
+
+@gluon.jit
+def _consume_item(WG: gl.constexpr, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O, Q_ROWS,
+                  Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, sob, soh, son, BLOCK_M: gl.constexpr,
+                  BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_Q_ROWS: gl.constexpr,
+                  EARLY_RESCALE: gl.constexpr):
+    blk = gl.load(WORK_I + w)
+    r = gl.load(WORK_R + w)
+    bh = w // SLOTS  # as in _produce_item
+    b = (bh // H).to(gl.int64)
+    h = (bh % H).to(gl.int64)
+    q_start = gl.load(Q_OFF + bh * (MQ + 1) + blk) + r * BLOCK_M
+    q_end = gl.load(Q_OFF + bh * (MQ + 1) + blk + 1)
+    L = gl.load(LENS + bh * MQ + blk)
+    return _attend(WG, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O + b * sob + h * soh,
+                   Q_ROWS, q_start, q_end, L, bh.to(gl.int64) * N, son, qk_scale, HAS_Q_ROWS, False, EARLY_RESCALE, True,
+                   BLOCK_N, HEAD_DIM)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -310,6 +509,62 @@ def _gluon_ws_sparse_attn_fwd_kernel(
         )
 
 
+@gluon.jit
+def _gluon_ws_persistent_kernel(
+    Q, K, V, O, Q_ROWS,
+    Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, COUNTER,
+    qk_scale, N, H, MQ, SLOTS, N_ITEMS,
+    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
+    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_Q_ROWS: gl.constexpr,
+    EARLY_RESCALE: gl.constexpr, DYNAMIC: gl.constexpr,
+):
+    """The persistent main pass: about one program per SM, program p runs work items p, p + nprog, … of the
+    N_ITEMS (= BH · SLOTS) slots, skipping unused ones (DYNAMIC: each program's producer claims the next slot with
+    an atomic increment of COUNTER, a zeroed int32, and hands it to its consumers through shared memory). The K/V ring and its mbarriers run on across items, so the
+    producer gathers the next item's first tiles while the consumers finish the current one; Q has one buffer
+    guarded by q_full (producer → consumers) and q_empty (consumers → producer, after their last score product).
+    Arguments otherwise as ``_gluon_ws_sparse_attn_fwd_kernel``'s; no ping-pong."""
+    gl.static_assert(BLOCK_M == 2 * WG_ROWS, "two consumer warpgroups of 64 rows")
+    gl.static_assert(gl.num_warps() == 4, "launch with num_warps=4")
+    dtype: gl.constexpr = Q.dtype.element_ty
+    smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128 if HEAD_DIM * 2 >= 128 else HEAD_DIM * 2,
+                                                     element_bitwidth=16, rank=2)
+    q_smem = gl.allocate_shared_memory(dtype, [2, WG_ROWS, HEAD_DIM], smem_layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], smem_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], smem_layout)
+    q_full = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # unused (no ping-pong)
+    item_smem = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    item_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(item_full.index(0), count=1)
+    mbarrier.init(item_full.index(1), count=1)
+    mbarrier.init(q_full, count=PRODUCER_WARPS * 32)
+    mbarrier.init(q_empty, count=2)
+    for s in gl.static_range(STAGES):
+        mbarrier.init(full.index(s), count=PRODUCER_WARPS * 32)
+        mbarrier.init(empty.index(s), count=2)
+    mbarrier.init(turn.index(0), count=1)
+    mbarrier.init(turn.index(1), count=1)
+
+    gl.warp_specialize(
+        [(_consumer_persistent, (0, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, item_smem, item_full,
+                                 O, Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, N_ITEMS, sob, soh,
+                                 son, BLOCK_M, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, EARLY_RESCALE, DYNAMIC)),
+         (_consumer_persistent, (1, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, item_smem, item_full,
+                                 O, Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, N_ITEMS, sob, soh,
+                                 son, BLOCK_M, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, EARLY_RESCALE, DYNAMIC)),
+         (_producer_persistent, (q_smem, k_smem, v_smem, q_full, q_empty, full, empty, item_smem, item_full, Q, K, V,
+                                 Q_ROWS, Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, COUNTER, N, H, MQ, SLOTS,
+                                 N_ITEMS, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, BLOCK_M, BLOCK_N, HEAD_DIM,
+                                 HAS_Q_ROWS, DYNAMIC))],
+        [4, PRODUCER_WARPS],
+        [CONSUMER_REGS, PRODUCER_REGS],
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The SparseKernel
 # ----------------------------------------------------------------------------------------------------------------
@@ -321,10 +576,15 @@ class GluonWSBlockSparse(GluonBlockSparse):
     ``block_m`` 128, ``block_n`` 64 or 128; the tail pass is kernel ``triton``'s. ``pingpong``: the two consumer
     warpgroups issue their products in strict alternation (default off: each issues as soon as its data is there,
     measured 7% faster on one dense block); ``early_rescale``: O is rescaled under the score product
-    (FlashAttention-3's order, default) instead of after the P·V product."""
+    (FlashAttention-3's order, default) instead of after the P·V product; ``persistent``: about one program per SM
+    looping over work items, the producer running ahead into the next item (default; measured 5–6% faster, see the
+    module docstring), otherwise one program per work item; ``dynamic``: the persistent programs claim work items
+    through an atomic counter (default) instead of a static stride. ``pingpong`` implies one program per item."""
 
     pingpong: bool = False
     early_rescale: bool = True
+    persistent: bool = True
+    dynamic: bool = True
 
     def run(self, plan: TritonPlan, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         reasons = self.why_unsupported(q, k, v)
@@ -337,7 +597,21 @@ class GluonWSBlockSparse(GluonBlockSparse):
         b, h, n, d = q.shape
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))  # as the parent reads them
         q_rows = plan.q_rows
-        _gluon_ws_sparse_attn_fwd_kernel[(main.block.numel(),)](
+        items = main.block.numel()
+        if items == 0:
+            return out
+        if self.persistent and not self.pingpong:
+            _gluon_ws_persistent_kernel[(min(items, _sm_count(q.device)),)](
+                q, k, v, out, q_rows if q_rows is not None else main.block,
+                plan.q_off, plan.lens, plan.list_off, plan.lists, main.block, main.row_tile,
+                torch.zeros(1, dtype=torch.int32, device=q.device) if self.dynamic else main.block,
+                LOG2E / math.sqrt(d), n, h, plan.num_q_blocks, main.slots, items,
+                *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+                BLOCK_M=main.block_m, BLOCK_N=main.block_n, HEAD_DIM=d, HAS_Q_ROWS=q_rows is not None,
+                EARLY_RESCALE=self.early_rescale, DYNAMIC=self.dynamic, num_warps=4,
+            )
+            return out
+        _gluon_ws_sparse_attn_fwd_kernel[(items,)](
             q, k, v, out, q_rows if q_rows is not None else main.block,
             plan.q_off, plan.lens, plan.list_off, plan.lists, main.block, main.row_tile,
             LOG2E / math.sqrt(d), n, h, plan.num_q_blocks, main.slots,
@@ -349,25 +623,51 @@ class GluonWSBlockSparse(GluonBlockSparse):
 
 
 def compile_sm90(head_dim: int = 128, block_n: int = 128, dtype: str = "bf16", has_q_rows: bool = True,
-                 pingpong: bool = False, early_rescale: bool = True):
+                 pingpong: bool = False, early_rescale: bool = True, persistent: bool = False,
+                 dynamic: bool = True):
     """Compile the main-pass kernel for sm_90 without a GPU (for inspection and the CPU test); as kernel
-    ``gluon``'s ``compile_sm90``: ``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata.shared``."""
+    ``gluon``'s ``compile_sm90``: ``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata.shared``. ``persistent``: the
+    persistent kernel (``pingpong`` must then be off), ``dynamic``: its atomic-counter schedule."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     ptr = f"*{dtype}"
-    names = ["Q", "K", "V", "O", "Q_ROWS", "Q_OFF", "LENS", "LIST_OFF", "LIST", "WORK_I", "WORK_R", "qk_scale", "N",
-             "H", "MQ", "SLOTS", "sqb", "sqh", "sqn", "skb", "skh", "skn", "svb", "svh", "svn", "sob", "soh", "son"]
-    types = [ptr] * 4 + ["*i32", "*i32", "*i32", "*i64", "*i32", "*i32", "*i32", "fp32"] + ["i32"] * 16
+    names = ["Q", "K", "V", "O", "Q_ROWS", "Q_OFF", "LENS", "LIST_OFF", "LIST", "WORK_I", "WORK_R",
+             *(["COUNTER"] if persistent else []), "qk_scale", "N", "H", "MQ", "SLOTS",
+             *(["N_ITEMS"] if persistent else []),
+             "sqb", "sqh", "sqn", "skb", "skh", "skn", "svb", "svh", "svn", "sob", "soh", "son"]
+    types = [ptr] * 4 + ["*i32", "*i32", "*i32", "*i64", "*i32", "*i32", "*i32"] + ["*i32"] * persistent + ["fp32"]
+    types += ["i32"] * (len(names) - len(types))
     signature = dict(zip(names, types))
     signature.update(BLOCK_M="constexpr", BLOCK_N="constexpr", HEAD_DIM="constexpr", HAS_Q_ROWS="constexpr",
-                     PINGPONG="constexpr", EARLY_RESCALE="constexpr")
+                     EARLY_RESCALE="constexpr")
+    constexprs = {"BLOCK_M": 128, "BLOCK_N": block_n, "HEAD_DIM": head_dim, "HAS_Q_ROWS": has_q_rows,
+                  "EARLY_RESCALE": early_rescale}
+    if persistent:
+        assert not pingpong, "the persistent kernel has no ping-pong"
+        kernel = _gluon_ws_persistent_kernel
+        signature["DYNAMIC"] = "constexpr"
+        constexprs["DYNAMIC"] = dynamic
+    else:
+        kernel = _gluon_ws_sparse_attn_fwd_kernel
+        signature["PINGPONG"] = "constexpr"
+        constexprs["PINGPONG"] = pingpong
     # as the launcher specialises them: pointers 16-byte aligned, strides (multiples of D) divisible by 16
     aligned = [i for i, name in enumerate(names) if types[i].startswith("*") or name[0] == "s" and name != "SLOTS"]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
-    src = GluonASTSource(_gluon_ws_sparse_attn_fwd_kernel, signature=signature, attrs=attrs,
-                         constexprs={"BLOCK_M": 128, "BLOCK_N": block_n, "HEAD_DIM": head_dim,
-                                     "HAS_Q_ROWS": has_q_rows, "PINGPONG": pingpong,
-                                     "EARLY_RESCALE": early_rescale})
+    src = GluonASTSource(kernel, signature=signature, attrs=attrs, constexprs=constexprs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+
+
+_SM_COUNT: dict = {}
+
+
+def _sm_count(device) -> int:
+    """Streaming multiprocessors of ``device`` (cached: the persistent grid, no host sync)."""
+    import torch
+
+    key = device.index if device.index is not None else torch.cuda.current_device()
+    if key not in _SM_COUNT:
+        _SM_COUNT[key] = torch.cuda.get_device_properties(key).multi_processor_count
+    return _SM_COUNT[key]

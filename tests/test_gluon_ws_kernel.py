@@ -4,11 +4,14 @@ plan.
 Without a GPU: the kernel compiles for sm_90 (Gluon and the wheel's ptxas need no GPU); the PTX must show the warp
 specialisation (setmaxnreg lowering the producer's registers and raising the consumers'), the mbarrier pipeline
 (try_wait, cp.async completing on an mbarrier with .noinc), the proxy fence before the wgmma reads of cp.async-written
-tiles, asynchronous wgmma with one product left in flight, and ptxas must report no spills. With an sm_90 GPU: the
+tiles, asynchronous wgmma with one product left in flight, and ptxas must report no spills; for the one-program-per-
+item kernel and the persistent one (its q_empty and item_full barriers, the atomic work-item counter of its dynamic
+schedule or the strided loop of its static one). With an sm_90 GPU: the
 kernel against the PyTorch reference on random layouts with empty blocks, one-token blocks, one block holding every
 token, N not a multiple of the tile, query blocks selecting one / every / no key block, strided inputs, bf16 and
 fp16, head dim 64 and 128, key tiles of 64 and 128, all three permutation modes; each comparison prints
-‖out − ref‖/‖ref‖.
+‖out − ref‖/‖ref‖. The persistent kernel (the default) must equal the one-program-per-item kernel bit for bit with
+1, 7 or SM-count programs under both schedules, and capture in a CUDA graph.
 """
 from __future__ import annotations
 
@@ -45,15 +48,20 @@ needs_hopper = pytest.mark.skipif(not _hopper(), reason="needs a compute-capabil
 # ----------------------------------------------------------------------------------------------------------------
 # compile checks (CPU)
 # ----------------------------------------------------------------------------------------------------------------
-VARIANTS = [(128, 128, "bf16", True), (128, 128, "fp16", False), (64, 128, "bf16", True), (128, 64, "bf16", False)]
+# (D, block_n, dtype, q_rows, schedule): one program per work item, or the persistent kernel with its dynamic
+# (atomic counter) or static (strided) schedule
+VARIANTS = [(128, 128, "bf16", True, "one"), (128, 128, "fp16", False, "one"), (64, 128, "bf16", True, "one"),
+            (128, 64, "bf16", False, "one"), (128, 128, "bf16", True, "dynamic"), (128, 128, "fp16", False, "dynamic"),
+            (64, 128, "bf16", True, "dynamic"), (128, 64, "bf16", False, "dynamic"), (128, 128, "bf16", True, "static"),
+            (128, 64, "bf16", False, "static")]
 
 _COMPILE = """
 import json, sys
 from sparseattn.kernels.gluon_ws_attention import compile_sm90
 out = {}
-for d, bn, dt, qr in json.loads(sys.argv[1]):
-    c = compile_sm90(d, bn, dt, qr)
-    name = f"{d}_{bn}_{dt}_{int(qr)}"
+for d, bn, dt, qr, mode in json.loads(sys.argv[1]):
+    c = compile_sm90(d, bn, dt, qr, persistent=mode != "one", dynamic=mode == "dynamic")
+    name = f"{d}_{bn}_{dt}_{int(qr)}_{mode}"
     open(f"{sys.argv[2]}/{name}.ptx", "w").write(c.asm["ptx"])
     out[name] = c.metadata.shared
 print(json.dumps(out))
@@ -75,12 +83,12 @@ def compiled(tmp_path_factory):
     return folder, json.loads(res.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("head_dim,block_n,dtype,q_rows", VARIANTS)
-def test_compiles_warp_specialised_without_spills(compiled, head_dim, block_n, dtype, q_rows):
+@pytest.mark.parametrize("head_dim,block_n,dtype,q_rows,schedule", VARIANTS)
+def test_compiles_warp_specialised_without_spills(compiled, head_dim, block_n, dtype, q_rows, schedule):
     if not os.path.exists(PTXAS):
         pytest.skip(f"no ptxas at {PTXAS}")
     folder, shared = compiled
-    name = f"{head_dim}_{block_n}_{dtype}_{int(q_rows)}"
+    name = f"{head_dim}_{block_n}_{dtype}_{int(q_rows)}_{schedule}"
     path = folder / f"{name}.ptx"
     ptx = path.read_text()
     # warp specialisation with register reallocation: the producer gives registers back, the consumers take them
@@ -97,6 +105,17 @@ def test_compiles_warp_specialised_without_spills(compiled, head_dim, block_n, d
     assert any(w > 0 for w in waits), f"every wgmma wait has 0 pending (no overlap): {waits}"
     assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 0x10", ptx), "no 16-byte cp.async"
     assert shared[name] <= 232448, shared[name]  # H100/H200 opt-in limit per block
+    inits = re.findall(r"mbarrier\.init\.shared(?:::cta)?\.b64 \[[^]]+\], (\d+);", ptx)
+    if schedule == "one":
+        assert sorted(inits) == sorted(["128"] * 4 + ["2"] * 3 + ["1"] * 2), inits  # q_full, full ×3, empty ×3, turn
+    else:
+        # the persistent kernel: the Q hand-back barrier (q_empty, one arrival per consumer warpgroup) besides
+        # q_full and the ring's full/empty barriers, and two item_full barriers (the dynamic schedule's hand-over)
+        assert sorted(inits) == sorted(["128"] * 4 + ["2"] * 4 + ["1"] * 4), inits
+    if schedule == "static":  # the work-item loop: program_id + k·num_programs
+        assert "%nctaid.x" in ptx and "atom.global" not in ptx, "no num_programs: not a strided persistent loop"
+    if schedule == "dynamic":  # work items claimed with an atomic increment, handed over through shared memory
+        assert re.search(r"atom\.global\.[a-z_.]*add\.u32", ptx), "no atomic work-item counter"
     res = subprocess.run([PTXAS, "-arch=sm_90a", "-v", str(path), "-o", str(folder / f"{name}.cubin")],
                          capture_output=True, text=True)
     report = res.stdout + res.stderr
@@ -189,6 +208,7 @@ CASES = {
     "batch 2, long lists": (2, 2, 4099, 128, 4, 6, 0.7, 0.0),
     "head dim 64": (1, 2, 2001, 64, 7, 11, 0.4, 0.2),
     "token orders (fused permutation)": (1, 2, 2500, 128, 8, 12, 0.4, 0.2),
+    "many work items (several per program)": (1, 8, 9000, 128, 40, 50, 0.2, 0.1),
 }
 
 
@@ -287,13 +307,66 @@ def test_equals_kernel_gluon():
     layout = _layout(q_sizes, k_sizes, d)
     mask = BlockMask(selected.cuda())
     theirs = _through(GluonBlockSparse(), q, k, v, layout, mask)
-    ours = _through(GluonWSBlockSparse(), q, k, v, layout, mask)
-    err = _rel(ours, theirs)
-    print(f"gluon_ws vs gluon: {err:.2e}, bit-identical: {torch.equal(ours, theirs)}")
-    assert err < 1e-2
-    late = _through(GluonWSBlockSparse(early_rescale=False), q, k, v, layout, mask)
-    print(f"gluon_ws (late rescale) vs gluon: bit-identical: {torch.equal(late, theirs)}")
-    assert torch.equal(late, theirs)
+    for persistent in (True, False):
+        ours = _through(GluonWSBlockSparse(persistent=persistent), q, k, v, layout, mask)
+        err = _rel(ours, theirs)
+        print(f"gluon_ws (persistent {persistent}) vs gluon: {err:.2e}, bit-identical: {torch.equal(ours, theirs)}")
+        assert err < 1e-2
+        late = _through(GluonWSBlockSparse(early_rescale=False, persistent=persistent), q, k, v, layout, mask)
+        print(f"gluon_ws (late rescale, persistent {persistent}) vs gluon: bit-identical: {torch.equal(late, theirs)}")
+        assert torch.equal(late, theirs)
+
+
+@needs_hopper
+@pytest.mark.parametrize("dynamic", [True, False])
+@pytest.mark.parametrize("programs", [1, 7, None])
+@pytest.mark.parametrize("case", ["many work items (several per program)", "many tiny clusters",
+                                  "token orders (fused permutation)", "clusters, some empty, N % 128 ≠ 0"])
+def test_persistent_equals_one_program_per_item(case, programs, dynamic, monkeypatch):
+    """The persistent main pass (one program running every work item, 7 programs, or one per SM; the K/V ring and
+    the Q barriers run on across items, unused slots skipped; items claimed through an atomic counter or strided)
+    equals one program per item bit for bit, and the reference to tolerance; with late rescale too."""
+    import sparseattn.kernels.gluon_ws_attention as module
+
+    if programs is not None:
+        monkeypatch.setattr(module, "_sm_count", lambda device: programs)
+    gen, (b, h, n, d), q_sizes, k_sizes, selected = _random_case(case)
+    q, k, v = _qkv(gen, b, h, n, d, torch.bfloat16)
+    layout = _layout(q_sizes, k_sizes, d, gen if "orders" in case else None)
+    mask = BlockMask(selected.cuda())
+    for early in (True, False):
+        ours = _check(q, k, v, layout, mask, torch.bfloat16, f"{case}, {programs or 'SM count'} programs",
+                      persistent=True, dynamic=dynamic, early_rescale=early)
+        theirs = _through(GluonWSBlockSparse(persistent=False, early_rescale=early), q, k, v, layout, mask)
+        print(f"  persistent vs one program per item (early_rescale {early}): bit-identical "
+              f"{torch.equal(ours, theirs)}, {_rel(ours, theirs):.2e}")
+        assert torch.equal(ours, theirs)
+
+
+@needs_hopper
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_persistent_captures_in_a_cuda_graph(dynamic):
+    """No host synchronisation: the persistent call (its work-item counter zeroed in the graph) captures in a CUDA
+    graph, and replays give the same output."""
+    case = "many work items (several per program)"
+    gen, (b, h, n, d), q_sizes, k_sizes, selected = _random_case(case)
+    q, k, v = _qkv(gen, b, h, n, d, torch.bfloat16)
+    kern = GluonWSBlockSparse(persistent=True, dynamic=dynamic)
+    plan = kern.plan(_layout(q_sizes, k_sizes, d), BlockMask(selected.cuda()), q)
+    eager = kern.run(plan, q, k, v).clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        kern.run(plan, q, k, v)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = kern.run(plan, q, k, v)
+    for _ in range(2):
+        out.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, eager)
 
 
 @needs_hopper
