@@ -14,7 +14,11 @@ if not torch.cuda.is_available():
 # cores are busy (measured 7x slower block-sparse attention on 2 loaded cores with 2 threads).
 torch.set_num_threads(1)
 
+import json  # noqa: E402
 import math  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
@@ -126,3 +130,62 @@ def ref() -> SimpleNamespace:
         random_layout=random_layout,
         random_mask=random_mask,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Compiling Gluon kernels for sm_90 without a GPU (tests/test_gluon_*.py)
+# ----------------------------------------------------------------------------------------------------------------
+_COMPILE_SM90 = """
+import importlib, json, sys
+compile_sm90 = importlib.import_module(sys.argv[1]).compile_sm90
+out = {}
+for name, kwargs in json.loads(sys.argv[2]).items():
+    c = compile_sm90(**kwargs)
+    open(f"{sys.argv[3]}/{name}.ptx", "w").write(c.asm["ptx"])
+    out[name] = c.metadata.shared
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="session")
+def compile_sm90(tmp_path_factory):
+    """``compile_sm90(module, {name: kwargs})`` → (folder, {name: shared bytes}): ``module.compile_sm90(**kwargs)``
+    for each variant, PTX written to folder/NAME.ptx. In a fresh process: Gluon cannot compile under
+    TRITON_INTERPRET=1 (set above on CPU machines), and a private cache makes it really compile."""
+
+    def compile_variants(module: str, variants: dict) -> tuple:
+        folder = tmp_path_factory.mktemp(module.rsplit(".", 1)[-1] + "_sm90")
+        env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+        env["TRITON_CACHE_DIR"] = str(folder / "cache")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        res = subprocess.run([sys.executable, "-c", _COMPILE_SM90, module, json.dumps(variants), str(folder)],
+                             capture_output=True, text=True, env=env, cwd=root, timeout=900)
+        assert res.returncode == 0, res.stderr[-4000:]
+        return folder, json.loads(res.stdout.strip().splitlines()[-1])
+
+    return compile_variants
+
+
+@pytest.fixture(scope="session")
+def ptxas():
+    """``ptxas(ptx_path)`` → SimpleNamespace(report, registers, spill_stores, spill_loads) from the Triton wheel's
+    ptxas -v for sm_90a (skips when the wheel has no ptxas); fails if ptxas rejects the PTX."""
+    import triton
+
+    binary = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+    def run(path) -> SimpleNamespace:
+        if not os.path.exists(binary):
+            pytest.skip(f"no ptxas at {binary}")
+        res = subprocess.run([binary, "-arch=sm_90a", "-v", str(path), "-o", str(path) + ".cubin"],
+                             capture_output=True, text=True)
+        report = res.stdout + res.stderr
+        assert res.returncode == 0, report
+        regs = re.search(r"Used (\d+) registers", report)
+        spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
+        assert regs and spills, report
+        return SimpleNamespace(report=report, registers=int(regs.group(1)), spill_stores=int(spills.group(1)),
+                               spill_loads=int(spills.group(2)))
+
+    return run

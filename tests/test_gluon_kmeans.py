@@ -8,11 +8,8 @@ reference, for cluster counts that are not multiples of the tile, N not a multip
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -23,8 +20,6 @@ pytest.importorskip("triton.experimental.gluon", reason="this Triton has no Gluo
 from sparseattn.clustering.init import init_centroids  # noqa: E402
 from sparseattn.clustering.torch_kmeans import TorchKMeans  # noqa: E402
 from sparseattn.clustering.triton_kmeans import TritonKMeans  # noqa: E402
-
-PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
 
 def _hopper() -> bool:
@@ -39,58 +34,33 @@ needs_hopper = pytest.mark.skipif(not _hopper(), reason="needs a compute-capabil
 VARIANTS = [(128, 4, 0, "bf16", True), (128, 4, 0, "fp16", True), (128, 4, 0, "bf16", False),
             (128, 8, 128, "bf16", True)]
 
-_COMPILE = """
-import json, sys
-from sparseattn.clustering.gluon_kmeans import compile_sm90
-out = {}
-for bp, warps, maxnreg, dt, acc in json.loads(sys.argv[1]):
-    c = compile_sm90(block_p=bp, num_warps=warps, maxnreg=maxnreg, dtype=dt, accumulate=acc)
-    name = f"{bp}_{warps}_{maxnreg}_{dt}_{int(acc)}"
-    open(f"{sys.argv[2]}/{name}.ptx", "w").write(c.asm["ptx"])
-    out[name] = c.metadata.shared
-print(json.dumps(out))
-"""
+
+def _name(block_p, warps, maxnreg, dtype, accumulate) -> str:
+    return f"{block_p}_{warps}_{maxnreg}_{dtype}_{int(accumulate)}"
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    """PTX and shared memory of each variant, compiled for sm_90 in a fresh process (Gluon cannot compile under
-    TRITON_INTERPRET=1, which conftest sets on CPU machines; a private cache makes it really compile)."""
-    folder = tmp_path_factory.mktemp("gluon_kmeans_sm90")
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(folder / "cache")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-c", _COMPILE, json.dumps(VARIANTS), str(folder)], capture_output=True,
-                         text=True, env=env, cwd=root, timeout=600)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return folder, json.loads(res.stdout.strip().splitlines()[-1])
+def compiled(compile_sm90):
+    return compile_sm90("sparseattn.clustering.gluon_kmeans", {
+        _name(*v): dict(block_p=v[0], num_warps=v[1], maxnreg=v[2], dtype=v[3], accumulate=v[4]) for v in VARIANTS})
 
 
 @pytest.mark.parametrize("block_p,warps,maxnreg,dtype,accumulate", VARIANTS)
-def test_compiles_for_sm90_without_spills_or_serialised_wgmma(compiled, block_p, warps, maxnreg, dtype, accumulate):
-    if not os.path.exists(PTXAS):
-        pytest.skip(f"no ptxas at {PTXAS}")
+def test_compiles_for_sm90_without_spills_or_serialised_wgmma(compiled, ptxas, block_p, warps, maxnreg, dtype,
+                                                              accumulate):
     folder, shared = compiled
-    name = f"{block_p}_{warps}_{maxnreg}_{dtype}_{int(accumulate)}"
-    path = folder / f"{name}.ptx"
-    ptx = path.read_text()
+    name = _name(block_p, warps, maxnreg, dtype, accumulate)
+    ptx = (folder / f"{name}.ptx").read_text()
     assert "wgmma.mma_async" in ptx
     assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 0x10", ptx), "no 16-byte cp.async"
     assert bool(re.search(r"\b(?:red|atom)\.", ptx)) == accumulate  # the centroid sums
     assert shared[name] <= 232448 // 2, shared[name]  # two programs per multiprocessor
-    res = subprocess.run([PTXAS, "-arch=sm_90a", "-v", str(path), "-o", str(folder / f"{name}.cubin")],
-                         capture_output=True, text=True)
-    report = res.stdout + res.stderr
-    assert res.returncode == 0, report
-    regs = re.search(r"Used (\d+) registers", report)
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
-    print(f"{name}: shared {shared[name]} B, {regs.group(1) if regs else '?'} registers, "
-          f"{spills.group(0) if spills else report}")
-    assert "C7514" not in report and "C7515" not in report, report  # wgmma serialised by ptxas
-    assert spills and spills.group(1) == "0" and spills.group(2) == "0", report
+    info = ptxas(folder / f"{name}.ptx")
+    print(f"{name}: shared {shared[name]} B, {info.registers} registers, {info.spill_stores} bytes spilled")
+    assert "C7514" not in info.report and "C7515" not in info.report, info.report  # wgmma serialised by ptxas
+    assert info.spill_stores == 0 and info.spill_loads == 0, info.report
     if maxnreg:
-        assert int(regs.group(1)) <= maxnreg
+        assert info.registers <= maxnreg
 
 
 def test_options_and_reasons_off_hopper():
