@@ -472,7 +472,7 @@ def section_kmeans(quick=False):
             rows.append((name, label, one, two))
         if not quick:
             # (assign kernel, points, centroids, warps, stages (triton) or register cap (gluon, -1: default))
-            configs = [("triton", 128, 64, 4, 4), ("triton", 128, 64, 4, 3), ("gluon", 128, 64, 4, -1),
+            configs = [("triton", 128, 64, 4, 4), ("triton", 128, 64, 4, 3), ("gluon", 128, 64, 4, 0),
                        ("gluon", 128, 64, 8, 128), ("gluon", 128, 64, 8, 0), ("gluon", 256, 64, 8, 0)]
             for kern, bp, bc, w, extra in configs:
                 opts = dict(assign_kernel=kern, block_points=bp, block_centroids=bc, num_warps=w)

@@ -7,12 +7,16 @@ the Triton assignment spends ≈ 1,400 cycles per 128 × 64 tile where the produ
 (benchmarks/NOTES.md). Here, per program (``BLOCK_P`` points of one group, all of D):
 
     copy x and centroid tiles 0, 1, 2 (cp.async, a ring of 4 stages)
-    issue S_0 = x·C_0ᵀ
+    S_0 = x·C_0ᵀ
     for t in 0 … T−2:
         wait for tile t+1's copy ; barrier ; copy tile t+3 into the stage tile t−1 used
         issue S_{t+1} = x·C_{t+1}ᵀ (async)
-        wait for S_t (one product left in flight) ; best = min(best, pack(S_t + ‖c‖², t))
-    wait for S_{T−1} ; best = min(best, pack(S_{T−1} + ‖c‖², T−1))
+        best = min(best, pack(S_t + ‖c‖², t))      -- on the ALUs while S_{t+1} runs
+        wait for S_{t+1}
+    best = min(best, pack(S_{T−1} + ‖c‖², T−1))
+
+(A product is issued only after the previous one retired: with one still in flight across the loop's back edge, or
+while the next one's accumulator registers are written, ptxas serialises every wgmma — warnings C7514/C7515.)
 
 then the same row reduction, labels and atomic centroid sums as the Triton kernel (``_assign_kernel`` in
 triton_kmeans.py, whose semantics this kernel keeps for ``precision="bf16"`` with the packed argmin: the operand copy
@@ -112,9 +116,7 @@ def _gluon_assign_kernel(
             gl.thread_barrier()  # also: every warp is past S_{t-1}, so its stage can take tile t+3
             _copy_tile(c_smem.index((t + 3) % STAGES), c_base, t + 3, crow, cols, C, BLOCK_C, BLOCK_D)
             async_copy.commit_group()
-            # S_{t+1} is issued only once S_t has retired and is folded while S_{t+1} runs: no wgmma is in flight
-            # across the loop's back edge or while accumulator registers are written, which would make ptxas
-            # serialise every wgmma (C7514/C7515).
+            # issued only now that S_t has retired (C7514/C7515 in the module docstring); S_t is folded under it
             tok = warpgroup_mma(x_smem, c_smem.index((t + 1) % STAGES).permute((1, 0)), zeros, use_acc=False,
                                 is_async=True)
             cen = (t + 1) * BLOCK_C + slots
@@ -151,8 +153,8 @@ def _gluon_assign_kernel(
 
 def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 4, maxnreg: int = 0, dtype: str = "bf16",
                  accumulate: bool = True, tile_bits: int = 4):
-    """Compile the kernel for sm_90 without a GPU (for inspection and the CPU test) with the launch options
-    ``TritonKMeans`` uses by default; returns ``triton.compile``'s result (``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata.shared``)."""
+    """Compile the kernel for sm_90 without a GPU (for inspection and the CPU test); the defaults are the launch
+    options ``TritonKMeans`` uses. Returns ``triton.compile``'s result (``.asm["ptx"]``, ``.metadata.shared``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource

@@ -228,8 +228,11 @@ class TritonKMeans(Clusterer):
     """Batched flash k-means on the GPU (Triton): tiled assignment with a running argmin, atomic centroid sums,
     several iterations per call with no host synchronisation. ``precision``: ``bf16`` | ``tf32`` | ``ieee`` (see the
     module docstring); ``block_points``/``block_centroids``/``num_warps``/``num_stages``: launch shape (0: tuned
-    defaults); ``check_finite``: also reject NaN/Inf inputs (costs a host synchronisation). Runs on CUDA tensors, or
-    on CPU tensors under ``TRITON_INTERPRET=1``."""
+    defaults); ``check_finite``: also reject NaN/Inf inputs (costs a host synchronisation). ``assign_kernel``: the
+    assignment step's kernel: ``triton``; ``gluon`` (clustering/gluon_kmeans.py: the next centroid tile's product
+    overlaps the argmin; needs an sm_90 GPU, ``precision="bf16"``, bf16 or float16 points and a power-of-two
+    dimension ≤ 128; its ring depth is fixed, ``num_stages`` is the Triton kernel's); or ``auto``: gluon where it
+    applies, else triton. Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``."""
 
     precision: str = "bf16"
     block_points: int = 0  # 0: by cluster count (tuned on H100, see benchmarks/NOTES.md)
@@ -242,7 +245,7 @@ class TritonKMeans(Clusterer):
     _argmin: str = field(default="auto", repr=False)  # auto | packed | exact (a diagnostic for benchmarks)
     _asm: bool = field(default=True, repr=False)  # False: the packed argmin's and-or without inline PTX (diagnostic)
     _fold: bool = field(default=True, repr=False)  # False: ‖c‖² − 2x·c after the product (a diagnostic)
-    _maxnreg: int = field(default=-1, repr=False)  # gluon: register cap per thread (-1: by launch shape, 0: none)
+    _maxnreg: int = field(default=0, repr=False)  # gluon: register cap per thread (0: none; a diagnostic)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -277,8 +280,8 @@ class TritonKMeans(Clusterer):
         if x.dtype not in (torch.bfloat16, torch.float16):
             reasons.append(f"needs bfloat16 or float16 points, got {str(x.dtype).replace('torch.', '')}")
         d = x.shape[-1]
-        if d < 16 or d & (d - 1):
-            reasons.append(f"needs a power-of-two dimension ≥ 16, got {d}")
+        if d not in (16, 32, 64, 128):
+            reasons.append(f"needs a power-of-two dimension from 16 to 128, got {d}")
         if self._argmin == "exact":
             reasons.append("implements the packed argmin only")
         if not reasons:
@@ -398,7 +401,7 @@ class TritonKMeans(Clusterer):
 
         groups, n, d = x.shape
         c = cd.shape[1]
-        # H100 (benchmarks/NOTES.md, three runs): 128 points × 64 centroids with one warpgroup (two programs per
+        # H100 (benchmarks/NOTES.md, two runs): 128 points × 64 centroids with one warpgroup (two programs per
         # multiprocessor) was 4% faster than two warpgroups capped at 128 registers, and than 256-point tiles.
         warps = self.num_warps or 4
         bp = self.block_points or 128
@@ -406,8 +409,7 @@ class TritonKMeans(Clusterer):
         if bp % (16 * warps):
             raise ValueError(f"assign_kernel 'gluon' needs block_points to be a multiple of 16·num_warps, got "
                              f"{bp} points for {warps} warps")
-        maxnreg = self._maxnreg if self._maxnreg >= 0 else (128 if warps == 8 and bp == 128 else 0)
-        options = {"maxnreg": maxnreg} if maxnreg else {}
+        options = {"maxnreg": self._maxnreg} if self._maxnreg else {}
         _gluon_assign_kernel[(triton.cdiv(n, bp), groups)](
             x, cd, csq, labels, sums, counts, shift,
             it, float(tol), n, c, x.stride(0), x.stride(1),
