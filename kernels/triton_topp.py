@@ -24,6 +24,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+MAX_BLOCKS = 8192  # a program holds its row in registers: 32 values per thread at 8 warps
+
 
 @triton.jit
 def _top_p_kernel(S, KEEP, MK, p, floor, BLOCK: tl.constexpr):
@@ -75,8 +77,8 @@ def _top_p_kernel(S, KEEP, MK, p, floor, BLOCK: tl.constexpr):
 def top_p_mask(scores: Tensor, p: float, floor: int) -> Tensor:
     """Boolean mask of the kept blocks, shaped like ``scores`` [..., Mk] (non-negative masses), in one launch."""
     mk = scores.shape[-1]
-    if mk > 65536:
-        raise ValueError(f"top_p_mask holds a row in registers: at most 65,536 blocks per row, got {mk}")
+    if mk > MAX_BLOCKS:
+        raise ValueError(f"top_p_mask holds a row in registers: at most {MAX_BLOCKS} blocks per row, got {mk}")
     rows = scores.numel() // max(mk, 1)
     flat = scores.reshape(rows, mk)
     if flat.dtype not in (torch.float32, torch.float16, torch.bfloat16):

@@ -17,8 +17,9 @@ from .registry import register
 class TopP(BudgetController):
     """Per query block, the fewest key blocks whose estimated mass reaches ``p`` (the block crossing p is kept, the
     best block always is), plus a floor: the best ⌊min_ratio·Mk⌋ key blocks are always kept (SVG2). Scores are
-    non-negative masses, as the identifiers produce. ``backend``: ``torch`` (sort, any device), ``triton`` (one
-    launch, no sort: kernels/triton_topp.py) or ``auto`` (triton for CUDA scores)."""
+    estimated masses, ≥ 0, as every identifier here produces (the Triton backend relies on it and does not check:
+    a check would synchronise with the host). ``backend``: ``torch`` (sort, any device), ``triton`` (one launch, no
+    sort: kernels/triton_topp.py; rows of up to 8,192 blocks) or ``auto`` (triton for CUDA scores it can take)."""
 
     p: float = 0.9
     min_ratio: float = 0.0
@@ -36,20 +37,27 @@ class TopP(BudgetController):
         if self.p >= 1.0:  # reaching all the mass needs every block; avoids fp rounding of the cumulative sum
             return BlockMask(torch.ones_like(scores, dtype=torch.bool))
         floor = max(int(self.min_ratio * scores.shape[-1]), 1)
-        if self.backend == "triton" or (self.backend == "auto" and scores.is_cuda and _triton_runs(scores)):
-            from sparseattn.kernels.triton_topp import top_p_mask
+        if self.backend == "torch" or (self.backend == "auto" and (not scores.is_cuda or _triton_problems(scores))):
+            return BlockMask(top_p_reference(scores, self.p, floor))
+        problems = _triton_problems(scores)
+        if problems:
+            raise ValueError("top_p backend 'triton' cannot select here: " + "; ".join(problems))
+        from sparseattn.kernels.triton_topp import top_p_mask
 
-            return BlockMask(top_p_mask(scores, self.p, floor))
-        return BlockMask(top_p_reference(scores, self.p, floor))
+        return BlockMask(top_p_mask(scores, self.p, floor))
 
 
-def _triton_runs(scores: Tensor) -> bool:
-    """Whether the Triton kernels can run on ``scores``' device here (triton installed, interpreter mode matching)."""
+def _triton_problems(scores: Tensor) -> list[str]:
+    """Reasons the Triton top-p kernel cannot take ``scores`` here (empty list: it can)."""
     try:
         from sparseattn.kernels.triton_permute import mode_problem
-    except ImportError:
-        return False
-    return not mode_problem(scores.is_cuda)
+        from sparseattn.kernels.triton_topp import MAX_BLOCKS
+    except ImportError as exc:
+        return [f"triton is not available ({exc})"]
+    problems = mode_problem(scores.is_cuda)
+    if scores.shape[-1] > MAX_BLOCKS:
+        problems.append(f"rows of {scores.shape[-1]} blocks exceed its {MAX_BLOCKS} (a row is held in registers)")
+    return problems
 
 
 def top_p_reference(scores: Tensor, p: float, floor: int) -> Tensor:

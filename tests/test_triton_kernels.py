@@ -556,3 +556,19 @@ def test_cuda_top_p_at_wan_shape():
     rows, bad = _top_p_agrees(scores, 0.9, 100, top_p_mask(scores, 0.9, 100))
     print(f"top-p kernel at the Wan shape: {bad} of {rows} rows differ from the sort beyond rounding")
     assert bad == 0
+
+
+def test_top_p_backend_choice_and_limits():
+    from sparseattn.budgets import TopP
+    from sparseattn.kernels.triton_topp import MAX_BLOCKS, top_p_mask
+
+    wide = torch.rand(1, 1, 1, MAX_BLOCKS + 1)
+    layout = Layout(None, None, torch.ones(1, 1, 1, dtype=torch.long),
+                    torch.ones(1, 1, MAX_BLOCKS + 1, dtype=torch.long), torch.zeros(1, 1, 1, 1),
+                    torch.zeros(1, 1, MAX_BLOCKS + 1, 1))
+    # auto falls back to the sort for rows the kernel cannot hold; an explicit triton backend says why
+    assert TopP(0.5, backend="auto").select(wide, layout).selected.sum() >= 1
+    with pytest.raises(ValueError, match="exceed"):
+        TopP(0.5, backend="triton").select(wide, layout)
+    with pytest.raises(ValueError, match="blocks per row"):
+        top_p_mask(wide, 0.5, 1)
