@@ -37,8 +37,8 @@ An empty list (L = 0) still runs one (all-masked, zero-filled) tile and outputs 
 may be partial (scores masked to −inf, rows zero-filled); query rows ≥ q_end are not stored. Outputs equal kernel
 ``gluon``'s (bit for bit with ``early_rescale=False``, which keeps its order of operations).
 
-Persistent (``persistent``, default): about one program per SM (the SM count, cached per device), each running
-work items until none are left, so a program's prologue (launch, barrier set-up, Q and the first K/V tiles) is paid
+Persistent (``persistent``, default): about one program per SM, each running work items until none are left, so a
+program's prologue (launch, barrier set-up, Q and the first K/V tiles) is paid
 once per SM rather than once per item and overlaps the previous item. The K/V ring and its full/empty mbarriers run
 on across items (a tile's stage and phase come from its position g in the program's ring sequence, not its index
 in the list), so the producer gathers the next item's K_0/V_0 while the consumers finish the current item's last
@@ -660,14 +660,8 @@ def compile_sm90(head_dim: int = 128, block_n: int = 128, dtype: str = "bf16", h
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
 
-_SM_COUNT: dict = {}
-
-
 def _sm_count(device) -> int:
-    """Streaming multiprocessors of ``device`` (cached: the persistent grid, no host sync)."""
+    """Streaming multiprocessors of ``device``: the persistent grid (torch caches the properties; no host sync)."""
     import torch
 
-    key = device.index if device.index is not None else torch.cuda.current_device()
-    if key not in _SM_COUNT:
-        _SM_COUNT[key] = torch.cuda.get_device_properties(key).multi_processor_count
-    return _SM_COUNT[key]
+    return torch.cuda.get_device_properties(device).multi_processor_count
