@@ -38,20 +38,20 @@ may be partial (scores masked to −inf, rows zero-filled); query rows ≥ q_end
 ``gluon``'s (bit for bit with ``early_rescale=False``, which keeps its order of operations).
 
 Persistent (``persistent``, default): about one program per SM, each running work items until none are left, so a
-program's prologue (launch, barrier set-up, Q and the first K/V tiles) is paid
-once per SM rather than once per item and overlaps the previous item. The K/V ring and its full/empty mbarriers run
-on across items (a tile's stage and phase come from its position g in the program's ring sequence, not its index
-in the list), so the producer gathers the next item's K_0/V_0 while the consumers finish the current item's last
-tiles. Q keeps one buffer (a second would exceed the 227 KB per block): q_full (producer → consumers, one cp.async
-arrival per producer thread) and q_empty (consumers → producer, one arrival per consumer warpgroup once its last
-score product of the item has retired, before the epilogue's P·V and store) hand it back and forth; the producer
-gathers K_0/V_0 of the next item first, then waits q_empty and gathers its Q. Work items are claimed with an atomic
-increment of a zeroed int32 counter (``dynamic``, default: the producer claims, skipping unused slots, and hands the
-slot index to both consumer warpgroups through two shared-memory slots with item_full mbarriers; the slot of item
-i + 2 is rewritten only after q_empty of item i, which follows the consumers' read) or by a static stride (program p
-runs slots p, p + nprog, …). The order stays head-major (the work list's), which keeps the K/V being gathered in L2;
-no host synchronisation (CUDA-graph capturable). Outputs equal the one-program-per-item kernel's bit for bit (each
-item runs the same instructions). No ping-pong: ``pingpong=True`` runs the one-program-per-item kernel.
+program's prologue (launch, barrier set-up, Q and the first K/V tiles) is paid once per SM rather than once per item and
+overlaps the previous item. The K/V ring and its full/empty mbarriers run on across items (a tile's stage and phase come
+from its position g in the program's ring sequence, not its index in the list), so the producer gathers the next item's
+K_0/V_0 while the consumers finish the current item's last tiles. Q keeps one buffer (a second would exceed the 227 KB
+per block): q_full (producer → consumers, one cp.async arrival per producer thread) and q_empty (consumers → producer,
+one arrival per consumer warpgroup once its last score product of the item has retired, before the epilogue's P·V and
+store) hand it back and forth; the producer gathers K_0/V_0 of the next item first, then waits q_empty and gathers its
+Q. Work items are claimed with an atomic increment of a zeroed int32 counter (``dynamic``, default: the producer claims,
+skipping unused slots, and hands the slot index to both consumer warpgroups through two shared-memory slots with
+item_full mbarriers; the slot of item i + 2 is rewritten only after q_empty of item i, which follows the consumers'
+read) or by a static stride (program p runs slots p, p + nprog, …). The order stays head-major (the work list's), which
+keeps the K/V being gathered in L2; no host synchronisation (CUDA-graph capturable). Outputs equal the one-program-per-
+item kernel's bit for bit (each item runs the same instructions). No ping-pong: ``pingpong=True`` runs the one-program-
+per-item kernel.
 
 Registers (ptxas, sm_90a, no spills): launched at 168 per thread (12 warps); the producer drops to 64, consumer
 warpgroup 0 (the default partition) rises to 224 and warpgroup 1 to 216. The producer spilled at 40–56.
