@@ -282,8 +282,6 @@ class TritonKMeans(Clusterer):
         d = x.shape[-1]
         if d not in (16, 32, 64, 128):
             reasons.append(f"needs a power-of-two dimension from 16 to 128, got {d}")
-        if self._argmin == "exact":
-            reasons.append("implements the packed argmin only")
         if not reasons:
             try:
                 from . import gluon_kmeans  # noqa: F401
@@ -369,7 +367,7 @@ class TritonKMeans(Clusterer):
             num_warps=4,
         )
         gluon_reasons = self.gluon_problems(x) if self.assign_kernel != "triton" else ["not requested"]
-        if tile_bits == 0:
+        if tile_bits == 0:  # the exact argmin (ieee, more than 256 centroid tiles, or asked for)
             gluon_reasons.append("implements the packed argmin only")
         if self.assign_kernel == "gluon" and gluon_reasons:
             raise ValueError("assign_kernel 'gluon' cannot cluster this input: " + "; ".join(gluon_reasons))

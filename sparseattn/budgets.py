@@ -37,14 +37,15 @@ class TopP(BudgetController):
         if self.p >= 1.0:  # reaching all the mass needs every block; avoids fp rounding of the cumulative sum
             return BlockMask(torch.ones_like(scores, dtype=torch.bool))
         floor = max(int(self.min_ratio * scores.shape[-1]), 1)
-        if self.backend == "torch" or (self.backend == "auto" and (not scores.is_cuda or _triton_problems(scores))):
-            return BlockMask(top_p_reference(scores, self.p, floor))
-        problems = _triton_problems(scores)
-        if problems:
-            raise ValueError("top_p backend 'triton' cannot select here: " + "; ".join(problems))
-        from sparseattn.kernels.triton_topp import top_p_mask
+        if self.backend == "triton" or (self.backend == "auto" and scores.is_cuda):
+            problems = _triton_problems(scores)
+            if not problems:
+                from sparseattn.kernels.triton_topp import top_p_mask
 
-        return BlockMask(top_p_mask(scores, self.p, floor))
+                return BlockMask(top_p_mask(scores, self.p, floor))
+            if self.backend == "triton":
+                raise ValueError("top_p backend 'triton' cannot select here: " + "; ".join(problems))
+        return BlockMask(top_p_reference(scores, self.p, floor))
 
 
 def _triton_problems(scores: Tensor) -> list[str]:

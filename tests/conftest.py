@@ -25,6 +25,11 @@ import pytest  # noqa: E402
 
 from sparseattn.interfaces import BlockMask, Layout  # noqa: E402
 
+# --import-mode=importlib keeps test modules off sys.path; helper modules in this folder (gluon_cases.py) are
+# imported by name, so the folder goes on it once here.
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 
 def random_qkv(b: int, h: int, n: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float32):
     """q, k, v [B, H, N, D] from a seeded CPU generator."""

@@ -18,10 +18,12 @@ import torch
 triton = pytest.importorskip("triton")
 pytest.importorskip("triton.experimental.gluon", reason="this Triton has no Gluon")
 
-from sparseattn.interfaces import BlockMask, Layout  # noqa: E402
+from sparseattn.interfaces import BlockMask  # noqa: E402
 from sparseattn.kernels.gluon_attention import GluonBlockSparse  # noqa: E402
 from sparseattn.kernels.reference import TorchBlockSparse  # noqa: E402
 from sparseattn.registry import get  # noqa: E402
+from gluon_cases import layout as _layout, qkv as _qkv, rel as _rel  # noqa: E402
+from gluon_cases import sizes as _sizes, through as _through  # noqa: E402
 
 TOL = {torch.bfloat16: 1.5e-2, torch.float16: 3e-3}
 
@@ -80,53 +82,6 @@ def test_registered_and_reasons_off_hopper():
 # ----------------------------------------------------------------------------------------------------------------
 # CUDA (sm_90) against the reference
 # ----------------------------------------------------------------------------------------------------------------
-def _sizes(gen: torch.Generator, n: int, m: int, empty: float = 0.0, one_token: bool = False) -> torch.Tensor:
-    """m block sizes summing to n; about ``empty`` of them 0; optionally one block of a single token."""
-    cuts = torch.sort(torch.randint(0, n + 1, (m - 1,), generator=gen)).values
-    sizes = torch.cat([torch.tensor([0]), cuts, torch.tensor([n])]).diff()
-    if empty > 0 and m > 2:
-        drop = torch.rand(m, generator=gen) < empty
-        drop[sizes.argmax()] = False
-        moved = int(sizes[drop].sum())
-        sizes[drop] = 0
-        sizes[sizes.argmax()] += moved
-    if one_token and m > 2:
-        j = int(torch.randint(0, m, (1,), generator=gen))
-        big = int(sizes.argmax())
-        if j != big:
-            sizes[big] += sizes[j] - 1
-            sizes[j] = 1
-    return sizes
-
-
-def _layout(q_sizes: torch.Tensor, k_sizes: torch.Tensor, d: int, gen=None) -> Layout:
-    """Layout on the GPU; with ``gen``, random token orders (the kernel then reads through them or permutes)."""
-    b, h, mq = q_sizes.shape
-    mk = k_sizes.shape[-1]
-    n = int(q_sizes[0, 0].sum())
-
-    def order():
-        return torch.stack([torch.randperm(n, generator=gen) for _ in range(b * h)]).reshape(b, h, n).cuda()
-
-    q_order, kv_order = (order(), order()) if gen is not None else (None, None)
-    return Layout(q_order, kv_order, q_sizes.cuda(), k_sizes.cuda(), torch.zeros(b, h, mq, d, device="cuda"),
-                  torch.zeros(b, h, mk, d, device="cuda"))
-
-
-def _qkv(gen, b, h, n, d, dtype):
-    return tuple((torch.randn(b, h, n, d, generator=gen) * 1.5).to(dtype=dtype, device="cuda") for _ in range(3))
-
-
-def _rel(out, ref) -> float:
-    return float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
-
-
-def _through(kernel, q, k, v, layout, mask):
-    """A kernel's whole protocol: permute, plan, run, unpermute (output in the original token order)."""
-    qp, kp, vp = kernel.permute(q, k, v, layout)
-    return kernel.unpermute(kernel.run(kernel.plan(layout, mask, qp), qp, kp, vp), layout)
-
-
 def _check(q, k, v, layout, mask, dtype, case):
     out = _through(GluonBlockSparse(), q, k, v, layout, mask)
     assert out.shape == q.shape and out.dtype == q.dtype
