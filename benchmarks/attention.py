@@ -488,6 +488,21 @@ def section_kmeans(quick=False):
                     rows.append((name, f"{kern} {bp}/{bc}/w{w}/{tag} (2nd col: assignment only)", one, assign))
                 except Exception as exc:
                     log(f"  cfg {opts} failed: {str(exc)[:300]}")
+        # One more iteration in a fit costs (fit(3) − fit(1)) / 2: the fit's set-up (zeroed sums, the starting
+        # centroids' operand copy) and the host's launch of the first kernels are paid once per fit, not per iteration.
+        for copies in (1, 2, 4, 8):  # copies of the atomic sums: fewer programs adding into the same address
+            km = TritonKMeans(sum_copies=copies)
+            one, three = timed(lambda: km.fit(pts, c, 1), 800), timed(lambda: km.fit(pts, c, 3), 800)
+            rows.append((name, f"sum_copies {copies}: one more iteration ((3 it − 1 it) / 2; 2nd: 1-it fit)",
+                         (three - one) / 2, one))
+        if DEVICE == "cuda":
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                km.fit(pts, c, 3)
+                torch.cuda.synchronize()
+            log(f"  kernels of one 3-iteration fit, {name}:\n"
+                + prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=50))
         torch_ms = timed(lambda: TorchKMeans().fit(pts.float(), c, 1), 500)
         rows.append((name, "torch reference (fp32)", torch_ms, float("nan")))
         # agreement with the fp32 reference after one iteration from the same centroids
@@ -559,6 +574,14 @@ def section_overhead():
     rows.append(("un-permute output (none: rows are written in place)", timed(lambda: kern.unpermute(out, lay))))
     overhead = sum(ms for name, ms in rows if not name.startswith("  "))
     plan_ms = timed(lambda: kern.plan(lay, mask, qp))
+    if DEVICE == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            kern.plan(lay, mask, qp)
+            torch.cuda.synchronize()
+        log("  kernels of one plan:\n" + prof.key_averages().table(sort_by="cuda_time_total", row_limit=12,
+                                                                   max_name_column_width=50))
     plan = kern.plan(lay, mask, qp)
     attn = timed(lambda: kern.run(plan, qp, kp, vp))
     copies = TritonBlockSparse(fuse_permutation="none")

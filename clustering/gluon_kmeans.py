@@ -64,6 +64,7 @@ def _gluon_assign_kernel(
     it, tol, N, C, sxg, sxn,
     BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr, MAX_IT: gl.constexpr,
     USE_TOL: gl.constexpr, TILE_BITS: gl.constexpr, FOLD: gl.constexpr, ACCUMULATE: gl.constexpr,
+    COPIES: gl.constexpr = 1,
 ):
     """Arguments as ``_assign_kernel`` (triton_kmeans.py) with D = BLOCK_D (rows of 16-byte copies, so no column
     mask); X and CD share the operand dtype (bf16 or float16)."""
@@ -144,6 +145,9 @@ def _gluon_assign_kernel(
             acc_rows = pid * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, row_layout))
             acc_cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, row_layout))
             x = x_smem.load(row_layout).to(gl.float32)
+            copy = (pid % COPIES) * gl.num_programs(1) * C  # this program's copy of the sums and counts
+            SUMS += copy * BLOCK_D
+            COUNTS += copy
             gl.atomic_add(SUMS + (g * C + lab)[:, None] * BLOCK_D + acc_cols[None, :], x,
                           mask=(acc_rows < N)[:, None], sem="relaxed")
             count_rows = pid * BLOCK_P + gl.arange(0, BLOCK_P, layout=count_layout)
@@ -152,7 +156,7 @@ def _gluon_assign_kernel(
 
 
 def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 4, maxnreg: int = 0, dtype: str = "bf16",
-                 accumulate: bool = True, tile_bits: int = 4):
+                 accumulate: bool = True, tile_bits: int = 4, copies: int = 1):
     """Compile the kernel for sm_90 without a GPU (for inspection and the CPU test); the defaults are the launch
     options ``TritonKMeans`` uses. Returns ``triton.compile``'s result (``.asm["ptx"]``, ``.metadata.shared``)."""
     import triton
@@ -163,11 +167,12 @@ def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 4, maxn
     types = [f"*{dtype}", f"*{dtype}", "*fp32", "*i64", "*fp32", "*i32", "*fp32", "i32", "fp32"] + ["i32"] * 4
     signature = dict(zip(names, types))
     signature.update({k: "constexpr" for k in ("BLOCK_P", "BLOCK_C", "BLOCK_D", "MAX_IT", "USE_TOL", "TILE_BITS",
-                                               "FOLD", "ACCUMULATE")})
+                                               "FOLD", "ACCUMULATE", "COPIES")})
     aligned = [i for i, name in enumerate(names) if types[i].startswith("*") or name in ("sxg", "sxn")]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = GluonASTSource(_gluon_assign_kernel, signature=signature, attrs=attrs,
                          constexprs=dict(BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_D=128, MAX_IT=2, USE_TOL=False,
-                                         TILE_BITS=tile_bits, FOLD=dtype == "bf16", ACCUMULATE=accumulate))
+                                         TILE_BITS=tile_bits, FOLD=dtype == "bf16", ACCUMULATE=accumulate,
+                                         COPIES=copies))
     options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)

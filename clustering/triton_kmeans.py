@@ -9,9 +9,9 @@ One iteration is two launches (plus one before the first: the starting centroids
     index are one float min; ``ieee`` keeps an exact compare-and-select with the first index winning a tie. It writes
     the labels and adds its points into per-cluster fp32 sums and counts with atomics (the centroid update as a
     scatter-reduction; nothing of size N×C ever exists);
-  * update: means of the sums (an empty cluster keeps its centroid), the rounded (×−2) operand copy the next assign
-    reads, ‖c‖², sizes, the largest centroid shift (an atomic max, for ``tol``), and zeroes the sums for the next
-    round. float16 inputs keep c itself in the operand copy (−2c could overflow) and subtract 2·x·c after the product.
+  * update: means of the sums (added up over ``sum_copies`` copies; an empty cluster keeps its centroid), the
+    rounded (×−2) operand copy the next assign reads, ‖c‖², sizes, the largest centroid shift (an atomic max, for
+    ``tol``), and zeroes the sums for the next round. float16 inputs keep c itself in the operand copy (−2c could overflow) and subtract 2·x·c after the product.
 All iterations are launched back to back with no host synchronisation, also when ``tol`` > 0: the stop test runs on
 the device (every launch first reads the shifts of the earlier rounds and returns at once if one was below tol), so
 a fit can be captured in a CUDA graph. Summation order of the atomics is not fixed, so centroids may differ from run
@@ -61,6 +61,7 @@ def _assign_kernel(
     TILE_BITS: tl.constexpr = 0,  # > 0: packed argmin (tile number in the distance's low bits); 0: exact argmin
     ASM: tl.constexpr = False,  # packed argmin's and-or as one inline lop3 (not in the interpreter)
     FOLD: tl.constexpr = True,  # CD holds −2c: distances come straight out of the matrix units (modes 1–3 always)
+    COPIES: tl.constexpr = 1,  # copies of the sums and counts; program p adds into copy p % COPIES
 ):
     pid = tl.program_id(0)
     g = tl.program_id(1).to(tl.int64)
@@ -137,7 +138,9 @@ def _assign_kernel(
             best_idx = tl.where(best_idx < C, best_idx, 0)  # a row of NaN distances: cluster 0
         tl.store(LABELS + g * N + rows, best_idx.to(tl.int64), mask=rmask)
         if ACCUMULATE:
-            _accumulate(X, SUMS, COUNTS, g, rows, cols, rmask, dmask, best_idx, C, D, sxg, sxn, BLOCK_P)
+            copy = (pid % COPIES) * tl.num_programs(1) * C  # the copy's offset in (group, cluster) rows
+            _accumulate(X, SUMS + copy * D, COUNTS + copy, g, rows, cols, rmask, dmask, best_idx, C, D, sxg, sxn,
+                        BLOCK_P)
 
 
 @triton.jit
@@ -175,7 +178,7 @@ def _update_kernel(
     CENT, CD, CSQ, SUMS, COUNTS, SIZES, SHIFT,
     it, tol, C, D,
     BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, MAX_IT: tl.constexpr, USE_TOL: tl.constexpr,
-    ROUND_LOW: tl.constexpr, LOW_FP16: tl.constexpr, FOLD: tl.constexpr,
+    ROUND_LOW: tl.constexpr, LOW_FP16: tl.constexpr, FOLD: tl.constexpr, COPIES: tl.constexpr = 1,
 ):
     pid = tl.program_id(0)
     g = tl.program_id(1).to(tl.int64)
@@ -188,8 +191,12 @@ def _update_kernel(
         cmask = cen < C
         mask = cmask[:, None] & (cols[None, :] < D)
         off = (g * C + cen)[:, None] * D + cols[None, :]
-        sums = tl.load(SUMS + off, mask=mask, other=0.0)
-        counts = tl.load(COUNTS + g * C + cen, mask=cmask, other=0)
+        copy_rows = tl.num_programs(1) * C  # (group, cluster) rows per copy of the sums
+        sums = tl.zeros([BLOCK_C, BLOCK_D], dtype=tl.float32)
+        counts = tl.zeros([BLOCK_C], dtype=tl.int32)
+        for r in tl.static_range(COPIES):
+            sums += tl.load(SUMS + r * copy_rows * D + off, mask=mask, other=0.0)
+            counts += tl.load(COUNTS + r * copy_rows + g * C + cen, mask=cmask, other=0)
         old = tl.load(CENT + off, mask=mask, other=0.0)
         new = tl.where((counts > 0)[:, None], sums / tl.maximum(counts, 1).to(tl.float32)[:, None], old)
         tl.store(CENT + off, new, mask=mask)
@@ -199,8 +206,9 @@ def _update_kernel(
             diff = new - old
             shift = tl.sqrt(tl.sum(diff * diff, 1))
             tl.atomic_max(SHIFT + it, tl.max(tl.where(cmask, shift, 0.0), 0))
-        tl.store(SUMS + off, tl.zeros([BLOCK_C, BLOCK_D], dtype=tl.float32), mask=mask)
-        tl.store(COUNTS + g * C + cen, tl.zeros([BLOCK_C], dtype=tl.int32), mask=cmask)
+        for r in tl.static_range(COPIES):
+            tl.store(SUMS + r * copy_rows * D + off, tl.zeros([BLOCK_C, BLOCK_D], dtype=tl.float32), mask=mask)
+            tl.store(COUNTS + r * copy_rows + g * C + cen, tl.zeros([BLOCK_C], dtype=tl.int32), mask=cmask)
 
 
 @triton.jit
@@ -232,7 +240,9 @@ class TritonKMeans(Clusterer):
     assignment step's kernel: ``triton``; ``gluon`` (clustering/gluon_kmeans.py: the next centroid tile's product
     overlaps the argmin; needs an sm_90 GPU, ``precision="bf16"``, bf16 or float16 points and a power-of-two
     dimension ≤ 128; its ring depth is fixed, ``num_stages`` is the Triton kernel's); or ``auto``: gluon where it
-    applies, else triton. Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``."""
+    applies, else triton. ``sum_copies``: copies of the atomic centroid sums (program p adds into copy p mod
+    copies; the update adds them up), which spreads same-address atomics when clusters are large; 0: 4 when the
+    clusters average ≥ 128 points, else 1. Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``."""
 
     precision: str = "bf16"
     block_points: int = 0  # 0: by cluster count (tuned on H100, see benchmarks/NOTES.md)
@@ -241,6 +251,7 @@ class TritonKMeans(Clusterer):
     num_stages: int = 4
     check_finite: bool = False
     assign_kernel: str = "auto"
+    sum_copies: int = 0
     _accumulate: bool = field(default=True, repr=False)  # False: assignment only (a diagnostic for benchmarks)
     _argmin: str = field(default="auto", repr=False)  # auto | packed | exact (a diagnostic for benchmarks)
     _asm: bool = field(default=True, repr=False)  # False: the packed argmin's and-or without inline PTX (diagnostic)
@@ -258,6 +269,8 @@ class TritonKMeans(Clusterer):
             raise ValueError(f"num_warps must be 0 (auto), 1, 2, 4, 8 or 16, got {self.num_warps}")
         if self.num_stages < 1:
             raise ValueError(f"num_stages must be ≥ 1, got {self.num_stages}")
+        if self.sum_copies not in (0, 1, 2, 4, 8):
+            raise ValueError(f"sum_copies must be 0 (auto), 1, 2, 4 or 8, got {self.sum_copies}")
         if self.assign_kernel not in ASSIGN_KERNELS:
             raise ValueError(f"assign_kernel must be one of {', '.join(ASSIGN_KERNELS)}, got {self.assign_kernel!r}")
 
@@ -329,12 +342,17 @@ class TritonKMeans(Clusterer):
         csq = torch.empty(groups, c, dtype=torch.float32, device=device)
         labels = torch.empty(groups, n, dtype=torch.int64, device=device)
         sizes = torch.empty(groups, c, dtype=torch.int64, device=device)
-        # sums, counts and the shifts zeroed in one launch (the update kernel re-zeroes sums and counts)
+        # sums, counts (sum_copies of each) and the shifts zeroed in one launch (the update kernel re-zeroes sums and
+        # counts)
         n_iter = max(iters, 1)
-        work = torch.zeros(groups * c * d + groups * c + n_iter, dtype=torch.float32, device=device)
-        sums = work[: groups * c * d].view(groups, c, d)
-        counts = work[groups * c * d: groups * c * (d + 1)].view(torch.int32).view(groups, c)
-        shift = work[groups * c * (d + 1):]
+        # H100, Wan shape (benchmarks/NOTES.md): with 300 clusters (252 points each on average) four copies of the
+        # sums made an iteration 0.32 ms faster (same-address atomics from many programs serialise); with 1,000
+        # (76 points each) the assignment was no faster and the update reads every copy, so one.
+        copies = self.sum_copies or (4 if n >= 128 * c else 1)
+        work = torch.zeros(copies * groups * c * (d + 1) + n_iter, dtype=torch.float32, device=device)
+        sums = work[: copies * groups * c * d].view(copies, groups, c, d)
+        counts = work[copies * groups * c * d: copies * groups * c * (d + 1)].view(torch.int32).view(copies, groups, c)
+        shift = work[copies * groups * c * (d + 1):]
         use_tol = tol > 0
         max_it = triton.next_power_of_2(max(iters, 2))
 
@@ -380,7 +398,7 @@ class TritonKMeans(Clusterer):
                     it, float(tol), n, c, d, x.stride(0), x.stride(1),
                     BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=block_d, MAX_IT=max_it, USE_TOL=use_tol, DOT_MODE=mode,
                     LOW_FP16=low == torch.float16, ACCUMULATE=self._accumulate, TILE_BITS=tile_bits,
-                    ASM=self._asm and not interp, FOLD=fold,
+                    ASM=self._asm and not interp, FOLD=fold, COPIES=copies,
                     num_warps=warps, num_stages=stages,
                 )
             if not self._accumulate:  # diagnostic: assignment only
@@ -389,7 +407,7 @@ class TritonKMeans(Clusterer):
                 cent, cd, csq, sums, counts, sizes, shift,
                 it, float(tol), c, d,
                 BLOCK_C=upd_block, BLOCK_D=block_d, MAX_IT=max_it, USE_TOL=use_tol, ROUND_LOW=round_low,
-                LOW_FP16=low == torch.float16, FOLD=fold, num_warps=4,
+                LOW_FP16=low == torch.float16, FOLD=fold, COPIES=copies, num_warps=4,
             )
         return KMeansResult(labels=labels, centroids=cent, sizes=sizes)
 
@@ -412,5 +430,5 @@ class TritonKMeans(Clusterer):
             x, cd, csq, labels, sums, counts, shift,
             it, float(tol), n, c, x.stride(0), x.stride(1),
             BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=d, MAX_IT=max_it, USE_TOL=tol > 0, TILE_BITS=tile_bits, FOLD=fold,
-            ACCUMULATE=self._accumulate, num_warps=warps, **options,
+            ACCUMULATE=self._accumulate, COPIES=sums.shape[0], num_warps=warps, **options,
         )

@@ -6,15 +6,16 @@ sizes (0 … N). The mask selects, per query block, any subset of key blocks. Fi
 
 Plan (on the GPU, no host synchronisation, no O(N²) tensor):
   * Key lists. For query block i the selected keys are the concatenation of the selected key blocks' token ranges.
-    The plan writes them token by token (int32 indices into the permuted keys) into one flat buffer, block i's list
-    starting at an offset from a cumulative sum of the list lengths. Keys are then packed into full tiles of
-    ``block_n`` whatever the block sizes, so only the last key tile of each list is partial. Writing uses the
-    identity ``position(κ) = κ − gap_i[block(κ)]`` (gap = unselected key tokens before the block), so the fill is a
-    scatter with no search; one small kernel computes the gaps and list lengths per query block.
+    One program per (query block, head) writes them token by token (int32 indices into the permuted keys): it
+    compacts the indices of its selected key blocks, then writes their ranges a group of blocks at a time, so the
+    work is proportional to the selected keys (a scan of every (query block, key token) pair cost 0.96 ms at the
+    Wan shape). Keys are then packed into full tiles of ``block_n`` whatever the block sizes, so only the last key
+    tile of each list is partial.
   * The flat buffer is sized from the upper bound B·H·Mq·N (every pair selected), allocated once and cached in the
-    kernel object, so a plan is valid until the next plan() of the same object (running a stale plan raises). When
-    that bound exceeds ``max_index_bytes`` the plan sizes it exactly instead, reading one number back from the GPU
-    (a host synchronisation).
+    kernel object, and list i of head h starts at (h·Mq + i)·N, so no scan over the lengths is needed; a plan is
+    valid until the next plan() of the same object (running a stale plan raises). When that bound exceeds
+    ``max_index_bytes`` the plan sizes it exactly instead (lengths first, their cumulative sum as offsets), reading
+    one number back from the GPU (a host synchronisation).
   * Row tiles. Each query block is cut into ``block_m``-row tiles; a remainder of at most ``tail_block_m`` rows gets
     a ``tail_block_m``-row tile in a second launch instead, which halves the rows wasted on partial tiles. Work items
     (block, row tile) are laid out head-major with a fixed number of slots per head (Mq + ⌈N/block_m⌉ bounds the
@@ -56,49 +57,50 @@ FUSE_MODES = ("q", "qkv", "none")
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
 def _fill_lists_kernel(
-    KID, KV_IDS, GAPSEL, LIST_OFF, LIST, N, MQ, MK,
-    BLOCK_T: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr, HAS_KV_IDS: tl.constexpr,
+    SEL, K_SIZES, K_OFF, KV_IDS, SCRATCH, LENS, LIST_OFF, LIST, N, MQ, MK,
+    BLOCK_K: tl.constexpr, GROUP: tl.constexpr, BLOCK_T: tl.constexpr, FILL: tl.constexpr,
+    HAS_KV_IDS: tl.constexpr,
 ):
-    """Program (token tile, head, group of query blocks): for each query block i of the group, key token κ of key
-    block j = KID[κ] goes to list_i[κ − gap_i[j]] when j is selected (GAPSEL holds gap_i[j], or −1). The list
-    entry is κ itself, or with KV_IDS the original position of permuted token κ."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    i0 = tl.program_id(2) * BLOCKS_PER_PROGRAM
-    tok = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-    tmask = tok < N
-    kid = tl.load(KID + bh * N + tok, mask=tmask, other=0)
-    if HAS_KV_IDS:
-        entry = tl.load(KV_IDS + bh * N + tok, mask=tmask, other=0)
-    else:
-        entry = tok
-    row = GAPSEL + bh * MQ * MK
-    for ii in tl.static_range(BLOCKS_PER_PROGRAM):  # unrolled: the blocks' loads are independent
-        i = i0 + ii
-        live = tmask & (i < MQ)
-        gap = tl.load(row + i * MK + kid, mask=live, other=-1)
-        base = tl.load(LIST_OFF + bh * MQ + i, mask=i < MQ, other=0)
-        tl.store(LIST + base + (tok - gap), entry, mask=live & (gap >= 0))
-
-
-@triton.jit
-def _row_gaps_kernel(
-    SEL, K_SIZES, K_OFF, GAPSEL, LENS, MQ, MK,
-    BLOCK_K: tl.constexpr,
-):
-    """Program (query block, head): the selected keys' count and, per key block, its gap (−1 if not selected)."""
+    """Program (query block i, head): the list length of block i and (FILL) its list: the token ranges of the
+    selected key blocks, concatenated in key-block order. The selected blocks are first compacted (their indices
+    written to this program's row of SCRATCH in order), then written GROUP blocks × BLOCK_T tokens at a time, so the
+    work is proportional to the selected keys, not to Mq·N. An entry is the permuted key position, or with KV_IDS
+    the original position of that token."""
     i = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     j = tl.arange(0, BLOCK_K)
     jm = j < MK
     sel = tl.load(SEL + (bh * MQ + i) * MK + j, mask=jm, other=0)
     ks = tl.load(K_SIZES + bh * MK + j, mask=jm, other=0)
-    koff = tl.load(K_OFF + bh * (MK + 1) + j, mask=jm, other=0)
-    width = tl.where((sel != 0) & (ks > 0), ks, 0)
-    inclusive = tl.cumsum(width, 0)
-    gap = koff - (inclusive - width)
-    tl.store(GAPSEL + (bh * MQ + i) * MK + j, tl.where(width > 0, gap, -1), mask=jm)
+    taken = (sel != 0) & (ks > 0)
+    width = tl.where(taken, ks, 0)
     tl.store(LENS + bh * MQ + i, tl.sum(width, 0))
+    if FILL:
+        rank = tl.cumsum(taken.to(tl.int32), 0) - 1
+        count = tl.sum(taken.to(tl.int32), 0)
+        row = SCRATCH + (bh * MQ + i) * MK
+        tl.store(row + rank, j, mask=taken)
+        tl.debug_barrier()  # the compacted indices, written by other threads of this program, are read below
+        dst = LIST + tl.load(LIST_OFF + bh * MQ + i)
+        t = tl.arange(0, BLOCK_T)
+        r = tl.arange(0, GROUP)
+        start = 0
+        for r0 in range(0, count, GROUP):
+            live = r0 + r < count
+            blk = tl.load(row + r0 + r, mask=live, other=0)
+            w = tl.load(K_SIZES + bh * MK + blk, mask=live, other=0)
+            koff = tl.load(K_OFF + bh * (MK + 1) + blk, mask=live, other=0)
+            pos = start + tl.cumsum(w, 0) - w  # list position of each block's first token
+            for t0 in range(0, tl.max(w, 0), BLOCK_T):
+                tok = t0 + t[None, :]
+                ok = tok < w[:, None]
+                key = koff[:, None] + tok
+                if HAS_KV_IDS:
+                    entry = tl.load(KV_IDS + bh * N + key, mask=ok, other=0)
+                else:
+                    entry = key
+                tl.store(dst + pos[:, None] + tok, entry, mask=ok)
+            start += tl.sum(w, 0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -343,36 +345,38 @@ class TritonBlockSparse(SparseKernel):
         q_off = torch.cat([zero, q_sizes.cumsum(-1, dtype=int32)], dim=-1)
         k_off = torch.cat([zero, k_sizes.cumsum(-1, dtype=int32)], dim=-1)
 
-        # Key lists: per (query block, key block) the gap (unselected key tokens before it; −1: not selected) and
-        # per query block the list length, in one pass over the mask.
+        # Key lists: the lengths and the lists in one pass over the mask (two when the buffer is sized exactly). Each
+        # list gets a fixed slot of N entries when the upper bound B·H·Mq·N fits max_index_bytes, so the offsets need
+        # no scan over the lengths.
         sel = selected.reshape(bh, mq, mk).contiguous()
         sel = sel.view(torch.uint8) if sel.dtype == torch.bool else (sel != 0).to(torch.uint8)
-        gapsel = torch.empty(bh, mq, mk, dtype=int32, device=device)
         lens = torch.empty(bh, mq, dtype=int32, device=device)
-        _row_gaps_kernel[(mq, bh)](sel, k_sizes.contiguous(), k_off, gapsel, lens, mq, mk,
-                                   BLOCK_K=triton.next_power_of_2(mk), num_warps=4)
-        list_off = torch.zeros(bh * mq, dtype=torch.int64, device=device)
-        list_off[1:] = lens.reshape(-1)[:-1].to(torch.int64).cumsum(0)
-        list_off = list_off.reshape(bh, mq)
-        bound = bh * mq * n
-        if bound * 4 <= self.max_index_bytes:
-            capacity = bound
-        else:  # exact size: one number read back from the device (a host synchronisation)
-            capacity = int(lens.sum(dtype=torch.int64).item())
-        lists, generation = self._index_buffer(capacity, device)
-        key_block = torch.repeat_interleave(
-            torch.arange(mk, dtype=int32, device=device).repeat(bh), k_sizes.reshape(-1), output_size=bh * n
-        ).reshape(bh, n)
         kv_ids = q_rows = None
         if self.fuse_permutation != "none":
             q_rows = _order_ids(layout.q_order, bh, n)
         if self.fuse_permutation == "qkv":
             kv_ids = _order_ids(layout.kv_order, bh, n)
-        block_t, per_program = (256, 64) if interpreting() else (1024, 16)
-        _fill_lists_kernel[(triton.cdiv(n, block_t), bh, triton.cdiv(mq, per_program))](
-            key_block, kv_ids if kv_ids is not None else key_block, gapsel, list_off, lists, n, mq, mk,
-            BLOCK_T=block_t, BLOCKS_PER_PROGRAM=per_program, HAS_KV_IDS=kv_ids is not None, num_warps=4,
-        )
+        k_sizes = k_sizes.contiguous()
+        scratch = torch.empty(bh, mq, mk, dtype=int32, device=device)  # compacted selected key blocks
+
+        def fill(list_off: Tensor, lists: Tensor, write: bool) -> None:
+            _fill_lists_kernel[(mq, bh)](
+                sel, k_sizes, k_off, kv_ids if kv_ids is not None else k_sizes, scratch, lens, list_off, lists,
+                n, mq, mk, BLOCK_K=triton.next_power_of_2(mk), GROUP=8, BLOCK_T=128 if not interpreting() else 16,
+                FILL=write, HAS_KV_IDS=kv_ids is not None, num_warps=4,
+            )
+
+        bound = bh * mq * n
+        if bound * 4 <= self.max_index_bytes:
+            lists, generation = self._index_buffer(bound, device)
+            list_off = torch.arange(0, bound, n, dtype=torch.int64, device=device).reshape(bh, mq)
+        else:  # exact size: lengths first, then one number read back from the device (a host synchronisation)
+            fill(lens, lens, False)
+            list_off = torch.zeros(bh * mq, dtype=torch.int64, device=device)
+            list_off[1:] = lens.reshape(-1)[:-1].to(torch.int64).cumsum(0)
+            list_off = list_off.reshape(bh, mq)
+            lists, generation = self._index_buffer(int(lens.sum(dtype=torch.int64).item()), device)
+        fill(list_off, lists, True)
 
         # Work items: (query block, row tile), head-major, longest list first within a head.
         bm = self.block_m

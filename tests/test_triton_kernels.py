@@ -208,19 +208,21 @@ def test_property_random_layouts(seed, n, mq, mk, density, empty):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("tail", [0, 16])
-def test_plan_lists_and_work_items(tail):
+@pytest.mark.parametrize("tail, exact", [(0, False), (16, False), (16, True)])
+def test_plan_lists_and_work_items(tail, exact):
     """Key lists hold exactly the selected tokens in order; the row tiles of all passes cover every query row once
-    and none is empty; the index buffer is reused."""
+    and none is empty; the index buffer is reused. ``exact``: the buffer sized to the lists (max_index_bytes 0)."""
     gen = torch.Generator().manual_seed(4)
     b, h, n, d, mq, mk = 1, 2, 170, 64, 5, 9
     q_sizes = torch.stack([_sizes(gen, n, mq, 0.2) for _ in range(h)]).reshape(b, h, mq)
     k_sizes = torch.stack([_sizes(gen, n, mk, 0.2) for _ in range(h)]).reshape(b, h, mk)
     layout = _layout(q_sizes, k_sizes, d, orders=False, gen=gen)
     selected = torch.rand(b, h, mq, mk, generator=gen) < 0.5
-    kernel = TritonBlockSparse(block_m=32, block_n=16, tail_block_m=tail)
+    kernel = TritonBlockSparse(block_m=32, block_n=16, tail_block_m=tail, **({"max_index_bytes": 0} if exact else {}))
     q = torch.randn(b, h, n, d)
     plan = kernel.plan(layout, BlockMask(selected), q)
+    if exact:
+        assert plan.lists.numel() == int(plan.lens.sum())
     assert len(plan.passes) == (2 if tail else 1)
     k_off, q_off = layout.k_offsets, layout.q_offsets
     for hi in range(h):
@@ -245,7 +247,8 @@ def test_plan_lists_and_work_items(tail):
     assert _rel(out, _brute_force(q, q, q, layout, BlockMask(selected))) < 2e-5
     first = plan.lists.data_ptr()
     again = kernel.plan(layout, BlockMask(~selected), q)
-    assert again.lists.data_ptr() == first  # the index buffer is cached per shape
+    if not exact:
+        assert again.lists.data_ptr() == first  # the index buffer is cached per shape
     with pytest.raises(ValueError, match="stale"):
         kernel.run(plan, q, q, q)
     out = kernel.run(again, q, q, q)
@@ -383,12 +386,14 @@ def _near_tie_only(x, labels, ref_labels, centroids_before) -> None:
 
 
 @needs_interpreter
-@pytest.mark.parametrize("groups,n,dim,clusters,iters", [(2, 300, 5, 7, 4), (1, 200, 64, 40, 3), (3, 64, 3, 70, 2)])
-def test_kmeans_matches_torch(groups, n, dim, clusters, iters):
+@pytest.mark.parametrize("groups,n,dim,clusters,iters,copies", [(2, 300, 5, 7, 4, 0), (1, 600, 8, 4, 3, 0),
+                                                                (1, 200, 64, 40, 3, 8), (3, 64, 3, 70, 2, 2)])
+def test_kmeans_matches_torch(groups, n, dim, clusters, iters, copies):
+    """``copies``: copies of the atomic sums (0: auto, which takes 1 for 43 points per cluster, 4 for 150)."""
     gen = torch.Generator().manual_seed(groups * n)
     x = torch.randn(groups, n, dim, generator=gen) * 2 + 0.5
     init = torch.randn(groups, clusters, dim, generator=gen) * 2  # arbitrary starts: some clusters stay empty
-    ours = TritonKMeans(precision="ieee").fit(x, init, iters)
+    ours = TritonKMeans(precision="ieee", sum_copies=copies).fit(x, init, iters)
     ref = TorchKMeans().fit(x, init, iters)
     assert ours.labels.dtype == torch.int64 and ours.sizes.dtype == torch.int64
     assert ours.centroids.dtype == torch.float32 and ours.centroids.shape == init.shape
@@ -440,7 +445,7 @@ def test_kmeans_invalid_inputs():
     for xs, cs in ((x, x[:, :4, :2]), (x, x[:1, :4]), (x[0], x[0, :4]), (x[:, :0], x[:, :4])):
         with pytest.raises(ValueError):
             km.fit(xs, cs, 2)
-    for bad in ({"precision": "fp8"}, {"block_points": 100}, {"num_warps": 5}, {"num_stages": 0}):
+    for bad in ({"precision": "fp8"}, {"block_points": 100}, {"num_warps": 5}, {"num_stages": 0}, {"sum_copies": 3}):
         with pytest.raises(ValueError):
             TritonKMeans(**bad)
 
