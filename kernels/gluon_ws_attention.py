@@ -75,46 +75,20 @@ gained on the dense block (228.5 ms) but not on the k-means layouts (30.0/44.6/8
 fixed shares of items leave SMs idle at the end, where the atomic counter balances greedily. The Triton tail pass
 (≤ 64-row tiles) still runs as its own launch.
 
-Work list: the persistent kernel reads its own list (``persistent_items``, made by ``plan`` on the device, no host
-synchronisation): WORK_I = bh·Mq + query block (so items may come in any order), WORK_R = 2·first row + tail flag,
-used items first (a claim that finds an unused slot ends the program's loop instead of skipping on). Heads stay in
-order. The 128-row items run the same instructions as before: their outputs are unchanged bit for bit.
-
-Tail tiles inside the persistent kernel (``tails``; default "triton", off). Why try: a tail tile (the ≤ 64-row
-remainder of a query block) streams as many K/V bytes as a 128-row tile for half the FLOPs, and in one profile at
-the Wan shape (15%) the Triton tail launch took 2.4 of 33 ms; run among the compute-bound 128-row items of the
-persistent kernel, it might overlap. Two designs were built and measured (H100 SXM, Wan shape, k-means layouts,
-benchmarks/gluon_ws_dev.py, cuDNN dense 199.9 ms in the same process, best of two interleaved rounds,
-benchmarks/results/h100-2026-11-27-s4-gluonws-tail-run1.log), against 40.86 / 29.11 / 80.83 ms at 15 / 10 / 30%
-(0.743 / 0.701 / 0.745× cuDNN effective) with the Triton tail launch:
-  * "wg0" (kept as an option): a tail item is consumer warpgroup 0's half of a 128-row item (the producer gathers
-    Q's two halves as for any item, the second all zero-filled); warpgroup 1 waits each key tile's full barrier and
-    arrives on its empty barrier, waits q_full and arrives on q_empty (after q_full, so the arrival counts towards
-    this item's round), and stores nothing. 42.52 / 29.06 / 81.45 ms with the tail items after every head's items
-    ("end"), 42.53 / 29.06 / 83.09 ms merged among each head's by list length: 4% slower, equal, 1–3% slower.
-  * split-KV (removed): both warpgroups on the tail's 64 rows, warpgroup w computing key tiles j ≡ w (mod 2) with
-    its own online-softmax state (the ring's other tiles waited for and released), then (O, m, l) handed from
-    warpgroup 1 to 0 through the Q buffer (fp32 O: exactly 64·D·4 bytes) and a 512-byte m/l buffer, guarded by the
-    two turn barriers, q_empty deferred until warpgroup 0 had read it; warpgroup 0 merged and stored. Correct (rows
-    within rounding of the Triton tail pass), but 42.8–43.4 / 29.7–29.9 / 83.1–83.9 ms over the three orders, and
-    ptxas spilled 8–76 bytes in the consumers (the hand-over's code in warpgroup 1 at 216 registers).
-Both process a tail key tile in about 1 µs per SM (the extra time over the tail tiles' count), about what a 128-row
-tile costs per warpgroup: a tail tile gathers the same 64 KB per key tile as a 128-row one, so the producer's
-gathers, and the L2 bandwidth they draw while many SMs run tail items, bound it; warpgroup 0 alone (no second
-warpgroup on the tensor cores) is no slower than the split with its merge. The separate Triton launch runs several
-small programs per SM, which hide those latencies better. Item order hardly mattered (within 1% but for "wg0"
-merged at 30%). A second run of the final code (benchmarks/results/h100-2026-11-27-s4-gluonws-tail-run2.log, cuDNN
-197.8 ms) timed the parts: at 15 / 10 / 30% the persistent pass without tails 35.76 / 24.70 / 69.28 ms and the Triton
-tail launch alone 6.45 / 4.55 / 12.55 ms (so the tail tiles cost about 15% of the total, more than the profile's
-2.4 ms), the default 41.14 / 29.19 / 81.61 ms, "wg0" after every head 42.41 / 29.19 / 82.40 ms; on one dense block
-(no tail tiles) "wg0" took 223.5 ms against 219.4 ms, the cost of its larger kernel. So the default keeps the Triton
-tail launch; "wg0" gives one launch for everything at a small cost.
+Tail tiles inside the persistent kernel were built and measured, and were slower (commit 3fe85f6 holds the code;
+benchmarks/results/h100-2026-11-27-s4-gluonws-tail-run1/2.log, H100, Wan shape, one process): with consumer
+warpgroup 0 computing a tail tile as its half of a 128-row item (warpgroup 1 only keeping the barriers' counts),
+42.41 / 29.19 / 82.40 ms at 15 / 10 / 30% against 41.14 / 29.19 / 81.61 ms with the Triton tail launch; with both
+warpgroups splitting a tail's key tiles and merging (O, m, l) through shared memory, 42.8–43.4 / 29.7–29.9 /
+83.1–83.9 ms (and ptxas spills). A tail tile gathers as many K/V bytes per key tile as a 128-row tile, so inside the
+kernel the producer's gathers bound it; the Triton launch's several small programs per SM hide that latency better.
+Timed alone, the Triton tail launch takes 6.45 ms and the persistent pass 35.76 ms at 15% (tail tiles are about 15%
+of the time).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
-from typing import Optional
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -211,14 +185,13 @@ def _gather_tile(t, g, k_smem, v_smem, full, empty, Kh, Vh, lst, L, skn, svn, of
 
 @gluon.jit
 def _producer_persistent(q_smem, k_smem, v_smem, q_full, q_empty, full, empty, item_smem, item_full, Q, K, V,
-                         Q_ROWS, Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, COUNTER, N, H, MQ, N_ITEMS,
+                         Q_ROWS, Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, COUNTER, N, H, MQ, SLOTS, N_ITEMS,
                          sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
-                         BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                          HAS_Q_ROWS: gl.constexpr, DYNAMIC: gl.constexpr):
     """The persistent kernel's producer. Static schedule: work items pid, pid + nprog, … (unused slots skipped).
-    Dynamic schedule: the next item is claimed with an atomic increment of COUNTER (the list is compacted: the
-    first unused slot ends it) and published to the consumers through item_smem/item_full (N_ITEMS: no more items).
-    A tail item (≤ 64 rows) is gathered like a full one (its Q rows past q_end are zero-filled). Per item K_0/V_0 first (the ring runs on across items, so it is
+    Dynamic schedule: the next item is claimed with an atomic increment of COUNTER (unused slots skipped) and
+    published to the consumers through item_smem/item_full (N_ITEMS: no more items). Per item K_0/V_0 first (the ring runs on across items, so it is
     gathered while the consumers finish the previous item), then Q once both consumer warpgroups have retired their
     last score product of the previous item (q_empty), then the remaining tiles."""
     TPR: gl.constexpr = HEAD_DIM // 8
@@ -232,8 +205,8 @@ def _producer_persistent(q_smem, k_smem, v_smem, q_full, q_empty, full, empty, i
         while w < N_ITEMS:
             _publish(item_smem, item_full, it, w)
             g = _produce_item(w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, Q, K, V, Q_ROWS,
-                              Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, N, H, MQ, sqb, sqh, sqn, skb, skh,
-                              skn, svb, svh, svn, offs_d, BLOCK_N, HAS_Q_ROWS, ld)
+                              Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, N, H, MQ, SLOTS, sqb, sqh, sqn, skb, skh,
+                              skn, svb, svh, svn, offs_d, BLOCK_M, BLOCK_N, HAS_Q_ROWS, ld)
             it += 1
             # claimed after the item's last gather: the producer runs up to two tiles ahead of the consumers, which
             # hides the atomic's latency (claimed during the item, the claim did not fit its 64 registers: spills)
@@ -241,35 +214,23 @@ def _producer_persistent(q_smem, k_smem, v_smem, q_full, q_empty, full, empty, i
         _publish(item_smem, item_full, it, N_ITEMS)  # no more items
     else:
         for w in range(gl.program_id(0), N_ITEMS, gl.num_programs(0)):
-            if gl.load(WORK_I + w) >= 0:
+            blk = gl.load(WORK_I + w)
+            if blk >= 0:
                 g = _produce_item(w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, Q, K, V, Q_ROWS,
-                                  Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, N, H, MQ, sqb, sqh, sqn, skb,
-                                  skh, skn, svb, svh, svn, offs_d, BLOCK_N, HAS_Q_ROWS, ld)
+                                  Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, N, H, MQ, SLOTS, sqb, sqh, sqn, skb,
+                                  skh, skn, svb, svh, svn, offs_d, BLOCK_M, BLOCK_N, HAS_Q_ROWS, ld)
                 it += 1
 
 
 @gluon.jit
 def _claim(COUNTER, WORK_I, N_ITEMS):
-    """The next work item (atomic increment of COUNTER); N_ITEMS: none left (past the end, or the first unused slot:
-    the persistent work list holds its used items first)."""
+    """The next used work-item slot (atomic increment of COUNTER, unused slots skipped); ≥ N_ITEMS: none left."""
     w = gl.atomic_add(COUNTER, 1)
-    gid = gl.load(WORK_I + w, mask=w < N_ITEMS, other=-1)
-    return gl.where(gid >= 0, w, N_ITEMS)
-
-
-@gluon.jit
-def _decode(w, WORK_I, WORK_R, Q_OFF, LENS, MQ):
-    """Work item w of the persistent list: WORK_I = bh·MQ + query block, WORK_R = 2·(first row within the block) +
-    (1 for a tail item of ≤ 64 rows). Returns bh, the query block's list index (bh·MQ + block: LENS and LIST_OFF
-    are [BH, MQ]), the tile's first and end rows, the key count and the tail flag."""
-    gid = gl.load(WORK_I + w)
-    rr = gl.load(WORK_R + w)
-    bh = gid // MQ
-    q_base = Q_OFF + gid + bh  # [BH, MQ + 1]: bh·(MQ + 1) + block
-    q_start = gl.load(q_base) + (rr >> 1)
-    q_end = gl.load(q_base + 1)
-    L = gl.load(LENS + gid)
-    return bh, gid, q_start, q_end, L, rr & 1
+    blk = gl.load(WORK_I + w, mask=w < N_ITEMS, other=0)
+    while blk < 0:
+        w = gl.atomic_add(COUNTER, 1)
+        blk = gl.load(WORK_I + w, mask=w < N_ITEMS, other=0)
+    return w
 
 
 @gluon.jit
@@ -291,16 +252,22 @@ def _read_item(item_smem, item_full, it):
 
 @gluon.jit
 def _produce_item(w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, Q, K, V, Q_ROWS,
-                  Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, N, H, MQ, sqb, sqh, sqn, skb, skh, skn, svb,
-                  svh, svn, offs_d, BLOCK_N: gl.constexpr, HAS_Q_ROWS: gl.constexpr, ld: gl.constexpr):
+                  Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, N, H, MQ, SLOTS, sqb, sqh, sqn, skb, skh, skn, svb,
+                  svh, svn, offs_d, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HAS_Q_ROWS: gl.constexpr,
+                  ld: gl.constexpr):
     """Gathers work item w (a used slot): K_0/V_0, Q (after q_empty of the previous item), K_t/V_t for t ≥ 1.
     Returns the ring position after its tiles."""
+    blk = gl.load(WORK_I + w)
+    r = gl.load(WORK_R + w)
     # head indices in 32 bits (the plan's per-head tables are small), 64 bits from the tensor offsets on: fewer
     # 64-bit values live across the loop (the dynamic schedule's producer spilled two sign extensions otherwise)
-    bh, gid, q_start, q_end, L, _ = _decode(w, WORK_I, WORK_R, Q_OFF, LENS, MQ)
+    bh = w // SLOTS
     b = (bh // H).to(gl.int64)
     h = (bh % H).to(gl.int64)
-    lst = LIST + gl.load(LIST_OFF + gid)
+    q_start = gl.load(Q_OFF + bh * (MQ + 1) + blk) + r * BLOCK_M
+    q_end = gl.load(Q_OFF + bh * (MQ + 1) + blk + 1)
+    L = gl.load(LENS + bh * MQ + blk)
+    lst = LIST + gl.load(LIST_OFF + bh * MQ + blk)
     Kh = K + b * skb + h * skh
     Vh = V + b * svb + h * svh
     n_tiles = gl.maximum((L + BLOCK_N - 1) // BLOCK_N, 1)
@@ -443,77 +410,47 @@ def _attend(WG: gl.constexpr, g, it, q_smem, k_smem, v_smem, q_full, q_empty, fu
 
 @gluon.jit
 def _consumer_persistent(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, item_smem,
-                         item_full, O, Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, N_ITEMS,
-                         sob, soh, son, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_Q_ROWS: gl.constexpr,
-                         EARLY_RESCALE: gl.constexpr, DYNAMIC: gl.constexpr, TAILS: gl.constexpr):
+                         item_full, O, Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, N_ITEMS,
+                         sob, soh, son, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                         HAS_Q_ROWS: gl.constexpr, EARLY_RESCALE: gl.constexpr, DYNAMIC: gl.constexpr):
     """The persistent kernel's consumer warpgroup WG: the producer's sequence of work items (static: the same
-    stride; dynamic: as published in item_smem), one _consume_item each."""
+    stride; dynamic: as published in item_smem), one _attend each."""
     g = 0  # tiles consumed so far (the ring's sequence)
     it = 0  # work items done so far (q_full / item_full phases)
     if DYNAMIC:
         w = _read_item(item_smem, item_full, it)
         while w < N_ITEMS:
             g = _consume_item(WG, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O, Q_ROWS,
-                              Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, sob, soh, son, BLOCK_N, HEAD_DIM,
-                              HAS_Q_ROWS, EARLY_RESCALE, TAILS)
+                              Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, sob, soh, son, BLOCK_M,
+                              BLOCK_N, HEAD_DIM, HAS_Q_ROWS, EARLY_RESCALE)
             it += 1
             w = _read_item(item_smem, item_full, it)
     else:
         for w in range(gl.program_id(0), N_ITEMS, gl.num_programs(0)):
-            if gl.load(WORK_I + w) >= 0:
+            blk = gl.load(WORK_I + w)
+            if blk >= 0:
                 g = _consume_item(WG, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O,
-                                  Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, sob, soh, son, BLOCK_N,
-                                  HEAD_DIM, HAS_Q_ROWS, EARLY_RESCALE, TAILS)
+                                  Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, sob, soh, son,
+                                  BLOCK_M, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, EARLY_RESCALE)
                 it += 1
 
 
 @gluon.jit
-def _consume_item(WG: gl.constexpr, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O,
-                  Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, sob, soh, son, BLOCK_N: gl.constexpr,
-                  HEAD_DIM: gl.constexpr, HAS_Q_ROWS: gl.constexpr, EARLY_RESCALE: gl.constexpr,
-                  TAILS: gl.constexpr):
-    """One work item: a 128-row tile (_attend, rows WG·64 …), or with TAILS a tail tile of ≤ 64 rows, which
-    warpgroup 0 computes alone (_attend on Q's first half) while warpgroup 1 only keeps its share of the barriers
-    (_pass_item). Returns the ring position after the item."""
-    bh, gid, q_start, q_end, L, tail = _decode(w, WORK_I, WORK_R, Q_OFF, LENS, MQ)
+def _consume_item(WG: gl.constexpr, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O, Q_ROWS,
+                  Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, sob, soh, son, BLOCK_M: gl.constexpr,
+                  BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_Q_ROWS: gl.constexpr,
+                  EARLY_RESCALE: gl.constexpr):
+    blk = gl.load(WORK_I + w)
+    r = gl.load(WORK_R + w)
+    bh = w // SLOTS  # as in _produce_item
     b = (bh // H).to(gl.int64)
     h = (bh % H).to(gl.int64)
-    Oh = O + b * sob + h * soh
-    row_base = bh.to(gl.int64) * N
-    if TAILS and WG == 1:
-        if tail != 0:
-            g = _pass_item(g, it, q_full, q_empty, full, empty, L, BLOCK_N)
-        else:
-            g = _attend(1, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, Oh, Q_ROWS, q_start,
-                        q_end, L, row_base, son, qk_scale, HAS_Q_ROWS, False, EARLY_RESCALE, True, BLOCK_N, HEAD_DIM)
-    else:  # warpgroup 0 runs a tail item as its half of a 128-row one (rows past q_end are not stored)
-        g = _attend(WG, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, Oh, Q_ROWS, q_start,
-                    q_end, L, row_base, son, qk_scale, HAS_Q_ROWS, False, EARLY_RESCALE, True, BLOCK_N, HEAD_DIM)
-    return g
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Tail items (≤ 64 query rows) in the persistent kernel
-# ----------------------------------------------------------------------------------------------------------------
-@gluon.jit
-def _release(full, empty, g):
-    """Ring position g holds a key tile the other warpgroup computes: wait until it has landed (which keeps this
-    warpgroup from arriving on a later round of the stage's empty barrier), then give up our share of the stage."""
-    mbarrier.wait(full.index(g % STAGES), (g // STAGES) & 1)
-    mbarrier.arrive(empty.index(g % STAGES))
-
-
-@gluon.jit
-def _pass_item(g, it, q_full, q_empty, full, empty, L, BLOCK_N: gl.constexpr):
-    """Warpgroup 1's part of a tail item that warpgroup 0 computes alone: no math and no store, only its share of
-    every barrier. q_empty is arrived on after q_full of this item, so the arrival counts towards this item's round
-    (q_full of the item comes after q_empty of the previous one completed)."""
-    mbarrier.wait(q_full, it & 1)
-    n_tiles = gl.maximum((L + BLOCK_N - 1) // BLOCK_N, 1)
-    for t in range(n_tiles):
-        _release(full, empty, g + t)
-    mbarrier.arrive(q_empty)
-    return g + n_tiles
+    q_start = gl.load(Q_OFF + bh * (MQ + 1) + blk) + r * BLOCK_M
+    q_end = gl.load(Q_OFF + bh * (MQ + 1) + blk + 1)
+    L = gl.load(LENS + bh * MQ + blk)
+    return _attend(WG, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O + b * sob + h * soh,
+                   Q_ROWS, q_start, q_end, L, bh.to(gl.int64) * N, son, qk_scale, HAS_Q_ROWS, False, EARLY_RESCALE, True,
+                   BLOCK_N, HEAD_DIM)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -586,20 +523,18 @@ def _gluon_ws_sparse_attn_fwd_kernel(
 def _gluon_ws_persistent_kernel(
     Q, K, V, O, Q_ROWS,
     Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, COUNTER,
-    qk_scale, N, H, MQ, N_ITEMS,
+    qk_scale, N, H, MQ, SLOTS, N_ITEMS,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
-    BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_Q_ROWS: gl.constexpr,
-    EARLY_RESCALE: gl.constexpr, DYNAMIC: gl.constexpr, TAILS: gl.constexpr,
+    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_Q_ROWS: gl.constexpr,
+    EARLY_RESCALE: gl.constexpr, DYNAMIC: gl.constexpr,
 ):
-    """The persistent pass: about one program per SM, program p runs work items p, p + nprog, … of the N_ITEMS
-    slots of the persistent work list (WORK_I: bh·MQ + query block, −1 for an unused slot, used ones first; WORK_R:
-    2·first row + tail flag; see _decode), skipping unused ones (DYNAMIC: each program's producer claims the next slot
-    with an atomic increment of COUNTER, a zeroed int32, and hands it to its consumers through shared memory). The
-    K/V ring and its mbarriers run on across items, so the producer gathers the next item's first tiles while the
-    consumers finish the current one; Q has one buffer guarded by q_full (producer → consumers) and q_empty
-    (consumers → producer, after their last score product). TAILS: 0, the list holds 128-row tiles only; 1, tail
-    tiles too, computed by consumer warpgroup 0 alone (warpgroup 1 keeps its share of the barriers). Arguments
-    otherwise as ``_gluon_ws_sparse_attn_fwd_kernel``'s; no ping-pong."""
+    """The persistent main pass: about one program per SM, program p runs work items p, p + nprog, … of the
+    N_ITEMS (= BH · SLOTS) slots, skipping unused ones (DYNAMIC: each program's producer claims the next slot with
+    an atomic increment of COUNTER, a zeroed int32, and hands it to its consumers through shared memory). The K/V ring and its mbarriers run on across items, so the
+    producer gathers the next item's first tiles while the consumers finish the current one; Q has one buffer
+    guarded by q_full (producer → consumers) and q_empty (consumers → producer, after their last score product).
+    Arguments otherwise as ``_gluon_ws_sparse_attn_fwd_kernel``'s; no ping-pong."""
+    gl.static_assert(BLOCK_M == 2 * WG_ROWS, "two consumer warpgroups of 64 rows")
     gl.static_assert(gl.num_warps() == 4, "launch with num_warps=4")
     dtype: gl.constexpr = Q.dtype.element_ty
     smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128 if HEAD_DIM * 2 >= 128 else HEAD_DIM * 2,
@@ -625,15 +560,15 @@ def _gluon_ws_persistent_kernel(
     mbarrier.init(turn.index(1), count=1)
 
     gl.warp_specialize(
-        [(_consumer_persistent, (0, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, item_smem,
-                                 item_full, O, Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, N_ITEMS, sob,
-                                 soh, son, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, EARLY_RESCALE, DYNAMIC, TAILS)),
-         (_consumer_persistent, (1, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, item_smem,
-                                 item_full, O, Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, N_ITEMS, sob,
-                                 soh, son, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, EARLY_RESCALE, DYNAMIC, TAILS)),
+        [(_consumer_persistent, (0, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, item_smem, item_full,
+                                 O, Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, N_ITEMS, sob, soh,
+                                 son, BLOCK_M, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, EARLY_RESCALE, DYNAMIC)),
+         (_consumer_persistent, (1, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, item_smem, item_full,
+                                 O, Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, N_ITEMS, sob, soh,
+                                 son, BLOCK_M, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, EARLY_RESCALE, DYNAMIC)),
          (_producer_persistent, (q_smem, k_smem, v_smem, q_full, q_empty, full, empty, item_smem, item_full, Q, K, V,
-                                 Q_ROWS, Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, COUNTER, N, H, MQ,
-                                 N_ITEMS, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, BLOCK_N, HEAD_DIM,
+                                 Q_ROWS, Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, COUNTER, N, H, MQ, SLOTS,
+                                 N_ITEMS, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, BLOCK_M, BLOCK_N, HEAD_DIM,
                                  HAS_Q_ROWS, DYNAMIC))],
         [4, PRODUCER_WARPS],
         [CONSUMER_REGS, PRODUCER_REGS],
@@ -643,149 +578,48 @@ def _gluon_ws_persistent_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 # The SparseKernel
 # ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class GluonWSPlan(TritonPlan):
-    """Kernel ``triton``'s plan plus the persistent kernel's work list: ``items`` = (WORK_I, WORK_R) as _decode reads
-    them, made for ``items_for`` = (tails in the list, tail order)."""
-
-    items: Optional[tuple] = None
-    items_for: Optional[tuple] = None
-
-
-TAIL_MODES = ("triton", "wg0")
-TAIL_ORDERS = ("merged", "head", "end")
-
-
-def persistent_items(plan: TritonPlan, tails: bool, order: str) -> tuple[Tensor, Tensor]:
-    """The persistent kernel's work list (on the device, no host synchronisation): the 128-row items of
-    ``plan.passes[0]`` and, with ``tails``, the ≤ 64-row tail items of ``plan.passes[1]``, as WORK_I = bh·Mq + query
-    block (−1: unused) and WORK_R = 2·(first row within the block) + tail flag, used items first.
-
-    ``order``: "merged", per head every item by key-list length, longest first; "head", per head the 128-row items (longest first) then the tail
-    items (longest first); "end", every head's 128-row items, then every head's tail items. Heads stay in order,
-    which keeps the K/V being gathered in L2."""
-    main = plan.passes[0]
-    bh = plan.q_off.shape[0]
-    mq = plan.num_q_blocks
-    blocks = [main.block.view(bh, main.slots)]
-    rows = [main.row_tile.view(bh, main.slots) * (2 * main.block_m)]
-    if tails and len(plan.passes) > 1:
-        tail = plan.passes[1]
-        blocks.append(tail.block.view(bh, tail.slots))
-        rows.append(tail.row_tile.view(bh, tail.slots) * (2 * tail.block_m) + 1)
-    blk, row = torch.cat(blocks, 1), torch.cat(rows, 1)
-    if order == "merged" and len(blocks) > 1:
-        cost = torch.where(blk >= 0, plan.lens.gather(1, blk.clamp_min(0).long()), -1)
-        by_cost = torch.sort(cost, dim=1, descending=True, stable=True).indices
-        blk, row = blk.gather(1, by_cost), row.gather(1, by_cost)
-    valid = blk >= 0
-    head = torch.arange(bh, dtype=torch.int64, device=blk.device).view(bh, 1)
-    key = head + (bh * (row & 1) if order == "end" else 0)
-    key = torch.where(valid, key, 2 * bh)  # unused slots last
-    order_idx = torch.sort(key.flatten(), stable=True).indices
-    gid = torch.where(valid, head * mq + blk, -1).flatten()[order_idx]
-    return gid.to(torch.int32).contiguous(), row.flatten()[order_idx].to(torch.int32).contiguous()
-
-
 @register("kernel", "gluon_ws")
 @dataclass
 class GluonWSBlockSparse(GluonBlockSparse):
     """Kernel ``gluon`` with a warp-specialised main pass (a producer partition gathering K/V, two consumer
     warpgroups; see the module docstring). Same requirements: an sm_90 GPU, bf16/fp16, head dim 64 or 128,
-    ``block_m`` 128, ``block_n`` 64 or 128. ``pingpong``: the two consumer warpgroups issue their products in strict
-    alternation (default off: each issues as soon as its data is there, measured 7% faster on one dense block);
-    ``early_rescale``: O is rescaled under the score product (FlashAttention-3's order, default) instead of after
-    the P·V product; ``persistent``: about one program per SM looping over work items, the producer running ahead
-    into the next item (default; measured 5–6% faster, see the module docstring), otherwise one program per work
-    item; ``dynamic``: the persistent programs claim work items through an atomic counter (default) instead of a
-    static stride. ``pingpong`` implies one program per item.
-
-    ``tails``: how the persistent kernel's tail tiles (the ≤ ``tail_block_m``-row remainders of query blocks) run:
-    "triton" (default), kernel ``triton``'s separate tail launch, as the one-program-per-item and ping-pong paths
-    always do; "wg0", inside the persistent kernel (one launch for everything, ``tail_block_m`` ≤ 64), consumer
-    warpgroup 0 computing a tail tile as its half of a 128-row item while warpgroup 1 only keeps the barriers'
-    counts. In-kernel tails were measured slower or no faster (module docstring), so they are off by default.
-    ``tail_order``: where "wg0" puts the tail items in the persistent work list ("end", default: after every
-    head's 128-row items; "head": after each head's; "merged": among each head's by key-list length; see
-    ``persistent_items``)."""
+    ``block_m`` 128, ``block_n`` 64 or 128; the tail pass is kernel ``triton``'s. ``pingpong``: the two consumer
+    warpgroups issue their products in strict alternation (default off: each issues as soon as its data is there,
+    measured 7% faster on one dense block); ``early_rescale``: O is rescaled under the score product
+    (FlashAttention-3's order, default) instead of after the P·V product; ``persistent``: about one program per SM
+    looping over work items, the producer running ahead into the next item (default; measured 5–6% faster, see the
+    module docstring), otherwise one program per work item; ``dynamic``: the persistent programs claim work items
+    through an atomic counter (default) instead of a static stride. ``pingpong`` implies one program per item."""
 
     pingpong: bool = False
     early_rescale: bool = True
     persistent: bool = True
     dynamic: bool = True
-    tails: str = "triton"
-    tail_order: str = "end"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.tails not in TAIL_MODES:
-            raise ValueError(f"tails must be one of {', '.join(TAIL_MODES)}, got {self.tails!r}")
-        if self.tail_order not in TAIL_ORDERS:
-            raise ValueError(f"tail_order must be one of {', '.join(TAIL_ORDERS)}, got {self.tail_order!r}")
-
-    def _persistent(self) -> bool:
-        return self.persistent and not self.pingpong
-
-    def _tails_inside(self) -> bool:
-        """Whether the persistent kernel serves the tail tiles (they fit one 64-row warpgroup tile)."""
-        return self._persistent() and self.tails != "triton" and self.tail_block_m <= 64
-
-    def _items_for(self) -> tuple:
-        return (self._tails_inside(), self.tail_order if self._tails_inside() else "head")
-
-    def _items(self, plan: TritonPlan) -> tuple[Tensor, Tensor]:
-        return persistent_items(plan, *self._items_for())
-
-    def plan(self, layout, mask, q: Tensor) -> TritonPlan:
-        """Kernel ``triton``'s plan; for the persistent kernel also its work list (``GluonWSPlan.items``)."""
-        plan = super().plan(layout, mask, q)
-        if not self._persistent():
-            return plan
-        return GluonWSPlan(**{f.name: getattr(plan, f.name) for f in fields(TritonPlan)}, items=self._items(plan),
-                           items_for=self._items_for())
-
-    def computed_pairs(self, plan: TritonPlan) -> Tensor:
-        """As kernel ``triton``'s; tail items served inside the persistent kernel use ``block_n`` key tiles."""
-        if self._tails_inside() and len(plan.passes) > 1:
-            main, tail = plan.passes[:2]
-            plan = replace(plan, passes=[main, replace(tail, block_n=main.block_n), *plan.passes[2:]])
-        return super().computed_pairs(plan)
 
     def run(self, plan: TritonPlan, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         reasons = self.why_unsupported(q, k, v)
         if reasons:
             raise ValueError("kernel 'gluon_ws' cannot run these inputs: " + "; ".join(reasons))
-        # As kernel 'gluon': the Triton parent runs the tail pass (and checks the plan) with an empty main pass;
-        # with the tails inside the persistent kernel it only checks the plan and allocates the output.
+        # As kernel 'gluon': the Triton parent runs the tail pass (and checks the plan) with an empty main pass.
         main = plan.passes[0]
         idle = replace(main, block=main.block[:0], row_tile=main.row_tile[:0])
-        inside = self._tails_inside()
-        out = super(GluonBlockSparse, self).run(replace(plan, passes=[idle] if inside else [idle, *plan.passes[1:]]),
-                                                q, k, v)
+        out = super(GluonBlockSparse, self).run(replace(plan, passes=[idle, *plan.passes[1:]]), q, k, v)
         b, h, n, d = q.shape
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))  # as the parent reads them
         q_rows = plan.q_rows
-        if self._persistent():
-            items = getattr(plan, "items", None)
-            if items is None or getattr(plan, "items_for", None) != self._items_for():
-                items = self._items(plan)  # a plan made elsewhere: the work list on the device, no host sync
-            work_i, work_r = items
-            n_items = work_i.numel()
-            if n_items == 0:
-                return out
-            tails = 1 if inside and len(plan.passes) > 1 else 0
-            _gluon_ws_persistent_kernel[(min(n_items, _sm_count(q.device)),)](
-                q, k, v, out, q_rows if q_rows is not None else work_i,
-                plan.q_off, plan.lens, plan.list_off, plan.lists, work_i, work_r,
-                torch.zeros(1, dtype=torch.int32, device=q.device) if self.dynamic else work_i,
-                LOG2E / math.sqrt(d), n, h, plan.num_q_blocks, n_items,
-                *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-                BLOCK_N=main.block_n, HEAD_DIM=d, HAS_Q_ROWS=q_rows is not None,
-                EARLY_RESCALE=self.early_rescale, DYNAMIC=self.dynamic, TAILS=tails, num_warps=4,
-            )
-            return out
         items = main.block.numel()
         if items == 0:
+            return out
+        if self.persistent and not self.pingpong:
+            _gluon_ws_persistent_kernel[(min(items, _sm_count(q.device)),)](
+                q, k, v, out, q_rows if q_rows is not None else main.block,
+                plan.q_off, plan.lens, plan.list_off, plan.lists, main.block, main.row_tile,
+                torch.zeros(1, dtype=torch.int32, device=q.device) if self.dynamic else main.block,
+                LOG2E / math.sqrt(d), n, h, plan.num_q_blocks, main.slots, items,
+                *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+                BLOCK_M=main.block_m, BLOCK_N=main.block_n, HEAD_DIM=d, HAS_Q_ROWS=q_rows is not None,
+                EARLY_RESCALE=self.early_rescale, DYNAMIC=self.dynamic, num_warps=4,
+            )
             return out
         _gluon_ws_sparse_attn_fwd_kernel[(items,)](
             q, k, v, out, q_rows if q_rows is not None else main.block,
@@ -800,34 +634,35 @@ class GluonWSBlockSparse(GluonBlockSparse):
 
 def compile_sm90(head_dim: int = 128, block_n: int = 128, dtype: str = "bf16", has_q_rows: bool = True,
                  pingpong: bool = False, early_rescale: bool = True, persistent: bool = False,
-                 dynamic: bool = True, tails: int = 0):
+                 dynamic: bool = True):
     """Compile the main-pass kernel for sm_90 without a GPU (for inspection and the CPU test); as kernel
     ``gluon``'s ``compile_sm90``: ``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata.shared``. ``persistent``: the
-    persistent kernel (``pingpong`` must then be off), ``dynamic``: its atomic-counter schedule, ``tails``: its
-    TAILS (0: 128-row items only, 1: tail items too, by warpgroup 0)."""
+    persistent kernel (``pingpong`` must then be off), ``dynamic``: its atomic-counter schedule."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     ptr = f"*{dtype}"
     names = ["Q", "K", "V", "O", "Q_ROWS", "Q_OFF", "LENS", "LIST_OFF", "LIST", "WORK_I", "WORK_R",
-             *(["COUNTER"] if persistent else []), "qk_scale", "N", "H", "MQ",
-             *(["N_ITEMS"] if persistent else ["SLOTS"]),
+             *(["COUNTER"] if persistent else []), "qk_scale", "N", "H", "MQ", "SLOTS",
+             *(["N_ITEMS"] if persistent else []),
              "sqb", "sqh", "sqn", "skb", "skh", "skn", "svb", "svh", "svn", "sob", "soh", "son"]
     types = [ptr] * 4 + ["*i32", "*i32", "*i32", "*i64", "*i32", "*i32", "*i32"] + ["*i32"] * persistent + ["fp32"]
     types += ["i32"] * (len(names) - len(types))
     signature = dict(zip(names, types))
-    signature.update(BLOCK_N="constexpr", HEAD_DIM="constexpr", HAS_Q_ROWS="constexpr", EARLY_RESCALE="constexpr")
-    constexprs = {"BLOCK_N": block_n, "HEAD_DIM": head_dim, "HAS_Q_ROWS": has_q_rows, "EARLY_RESCALE": early_rescale}
+    signature.update(BLOCK_M="constexpr", BLOCK_N="constexpr", HEAD_DIM="constexpr", HAS_Q_ROWS="constexpr",
+                     EARLY_RESCALE="constexpr")
+    constexprs = {"BLOCK_M": 128, "BLOCK_N": block_n, "HEAD_DIM": head_dim, "HAS_Q_ROWS": has_q_rows,
+                  "EARLY_RESCALE": early_rescale}
     if persistent:
         assert not pingpong, "the persistent kernel has no ping-pong"
         kernel = _gluon_ws_persistent_kernel
-        signature.update(DYNAMIC="constexpr", TAILS="constexpr")
-        constexprs.update(DYNAMIC=dynamic, TAILS=tails)
+        signature["DYNAMIC"] = "constexpr"
+        constexprs["DYNAMIC"] = dynamic
     else:
         kernel = _gluon_ws_sparse_attn_fwd_kernel
-        signature.update(BLOCK_M="constexpr", PINGPONG="constexpr")
-        constexprs.update(BLOCK_M=128, PINGPONG=pingpong)
+        signature["PINGPONG"] = "constexpr"
+        constexprs["PINGPONG"] = pingpong
     # as the launcher specialises them: pointers 16-byte aligned, strides (multiples of D) divisible by 16
     aligned = [i for i, name in enumerate(names) if types[i].startswith("*") or name[0] == "s" and name != "SLOTS"]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}

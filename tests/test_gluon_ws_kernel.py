@@ -6,15 +6,12 @@ specialisation (setmaxnreg lowering the producer's registers and raising the con
 (try_wait, cp.async completing on an mbarrier with .noinc), the proxy fence before the wgmma reads of cp.async-written
 tiles, asynchronous wgmma with one product left in flight, and ptxas must report no spills; for the one-program-per-
 item kernel and the persistent one (its q_empty and item_full barriers, the atomic work-item counter of its dynamic
-schedule or the strided loop of its static one), with and without tail items. With an sm_90 GPU: the
+schedule or the strided loop of its static one). With an sm_90 GPU: the
 kernel against the PyTorch reference on random layouts with empty blocks, one-token blocks, one block holding every
 token, N not a multiple of the tile, query blocks selecting one / every / no key block, strided inputs, bf16 and
 fp16, head dim 64 and 128, key tiles of 64 and 128, all three permutation modes; each comparison prints
 ‖out − ref‖/‖ref‖. The persistent kernel (the default) must equal the one-program-per-item kernel bit for bit with
-1, 7 or SM-count programs under both schedules, and capture in a CUDA graph. With the tail tiles inside the
-persistent kernel (``tails="wg0"``): query blocks of 1–64 rows, a remainder of exactly 64, empty key lists, one-token
-blocks, every work-list order, 1 / 3 / SM-count programs, key tiles of 64, head dim 64, token orders, CUDA-graph
-capture; rows outside the tail tiles must equal the Triton-tail kernel's bit for bit.
+1, 7 or SM-count programs under both schedules, and capture in a CUDA graph.
 """
 from __future__ import annotations
 
@@ -51,30 +48,26 @@ needs_hopper = pytest.mark.skipif(not _hopper(), reason="needs a compute-capabil
 # ----------------------------------------------------------------------------------------------------------------
 # (D, block_n, dtype, q_rows, schedule): one program per work item, or the persistent kernel with its dynamic
 # (atomic counter) or static (strided) schedule
-# (D, block_n, dtype, q_rows, schedule, tails): tails is the persistent kernel's TAILS (0: 128-row items only, 1: tail
-# items too, computed by consumer warpgroup 0 while warpgroup 1 only keeps its share of the barriers)
-VARIANTS = [(128, 128, "bf16", True, "one", 0), (128, 128, "fp16", False, "one", 0), (64, 128, "bf16", True, "one", 0),
-            (128, 64, "bf16", False, "one", 0), (128, 128, "bf16", True, "dynamic", 0),
-            (128, 128, "fp16", False, "dynamic", 0), (64, 128, "bf16", True, "dynamic", 0),
-            (128, 64, "bf16", False, "dynamic", 0), (128, 128, "bf16", True, "static", 0),
-            (128, 64, "bf16", False, "static", 0), (128, 128, "bf16", True, "dynamic", 1),
-            (64, 128, "fp16", False, "dynamic", 1), (128, 64, "bf16", False, "static", 1)]
+VARIANTS = [(128, 128, "bf16", True, "one"), (128, 128, "fp16", False, "one"), (64, 128, "bf16", True, "one"),
+            (128, 64, "bf16", False, "one"), (128, 128, "bf16", True, "dynamic"), (128, 128, "fp16", False, "dynamic"),
+            (64, 128, "bf16", True, "dynamic"), (128, 64, "bf16", False, "dynamic"), (128, 128, "bf16", True, "static"),
+            (128, 64, "bf16", False, "static")]
 
-def _name(head_dim, block_n, dtype, q_rows, schedule, tails) -> str:
-    return f"{head_dim}_{block_n}_{dtype}_{int(q_rows)}_{schedule}_{tails}"
+def _name(head_dim, block_n, dtype, q_rows, schedule) -> str:
+    return f"{head_dim}_{block_n}_{dtype}_{int(q_rows)}_{schedule}"
 
 
 @pytest.fixture(scope="module")
 def compiled(compile_sm90):
     return compile_sm90("sparseattn.kernels.gluon_ws_attention", {
         _name(*v): dict(head_dim=v[0], block_n=v[1], dtype=v[2], has_q_rows=v[3], persistent=v[4] != "one",
-                        dynamic=v[4] == "dynamic", tails=v[5]) for v in VARIANTS})
+                        dynamic=v[4] == "dynamic") for v in VARIANTS})
 
 
-@pytest.mark.parametrize("head_dim,block_n,dtype,q_rows,schedule,tails", VARIANTS)
-def test_compiles_warp_specialised_without_spills(compiled, ptxas, head_dim, block_n, dtype, q_rows, schedule, tails):
+@pytest.mark.parametrize("head_dim,block_n,dtype,q_rows,schedule", VARIANTS)
+def test_compiles_warp_specialised_without_spills(compiled, ptxas, head_dim, block_n, dtype, q_rows, schedule):
     folder, shared = compiled
-    name = _name(head_dim, block_n, dtype, q_rows, schedule, tails)
+    name = _name(head_dim, block_n, dtype, q_rows, schedule)
     ptx = (folder / f"{name}.ptx").read_text()
     # warp specialisation with register reallocation: the producer gives registers back, the consumers take them
     dec = [int(r) for r in re.findall(r"setmaxnreg\.dec\.sync\.aligned\.u32\s+(\d+)", ptx)]
@@ -131,35 +124,6 @@ def _check(q, k, v, layout, mask, dtype, case, **options):
     print(f"{case} {options or ''}: ‖out − ref‖/‖ref‖ = {err:.2e}")
     assert err <= TOL[dtype], (case, err)
     return out
-
-
-def _tail_rows(layout, block_m=128, tail=64) -> torch.Tensor:
-    """[B, H, N] bool, in the original token order: the rows of tail tiles (a query block's last ≤ ``tail`` rows
-    after its full ``block_m``-row tiles), the only rows where serving tails inside the persistent kernel may change
-    the output (a different order of summation)."""
-    q_sizes = layout.q_sizes.cpu()
-    b, h, _ = q_sizes.shape
-    n = int(q_sizes[0, 0].sum())
-    rows = torch.zeros(b, h, n, dtype=torch.bool)
-    for bi in range(b):
-        for hi in range(h):
-            start = 0
-            for size in q_sizes[bi, hi].tolist():
-                rest = size % block_m
-                if 0 < rest <= tail:
-                    rows[bi, hi, start + size - rest:start + size] = True
-                start += size
-            if layout.q_order is not None:  # permuted position i holds token q_order[i]
-                orig = torch.zeros(n, dtype=torch.bool)
-                orig[layout.q_order[bi, hi].cpu()] = rows[bi, hi]
-                rows[bi, hi] = orig
-    return rows
-
-
-def _same_outside_tails(ours, theirs, layout) -> bool:
-    """Bit for bit equal on every row outside the tail tiles (the 128-row items run the same instructions)."""
-    differ = (ours != theirs).any(-1).cpu()
-    return not bool((differ & ~_tail_rows(layout)).any())
 
 
 CASES = {
@@ -273,15 +237,9 @@ def test_equals_kernel_gluon():
         err = _rel(ours, theirs)
         print(f"gluon_ws (persistent {persistent}) vs gluon: {err:.2e}, bit-identical: {torch.equal(ours, theirs)}")
         assert err < 1e-2
-        # with the Triton tail launch (the default) every row matches; tail tiles served inside the persistent
-        # kernel (tails="wg0") may differ in their rows only
-        late = _through(GluonWSBlockSparse(early_rescale=False, persistent=persistent, tails="triton"), q, k, v,
-                        layout, mask)
+        late = _through(GluonWSBlockSparse(early_rescale=False, persistent=persistent), q, k, v, layout, mask)
         print(f"gluon_ws (late rescale, persistent {persistent}) vs gluon: bit-identical: {torch.equal(late, theirs)}")
         assert torch.equal(late, theirs)
-        inside = _through(GluonWSBlockSparse(early_rescale=False, persistent=persistent, tails="wg0"), q, k, v,
-                          layout, mask)
-        assert _same_outside_tails(inside, theirs, layout)
 
 
 @needs_hopper
@@ -303,101 +261,11 @@ def test_persistent_equals_one_program_per_item(case, programs, dynamic, monkeyp
     mask = BlockMask(selected.cuda())
     for early in (True, False):
         ours = _check(q, k, v, layout, mask, torch.bfloat16, f"{case}, {programs or 'SM count'} programs",
-                      persistent=True, dynamic=dynamic, early_rescale=early, tails="triton")
+                      persistent=True, dynamic=dynamic, early_rescale=early)
         theirs = _through(GluonWSBlockSparse(persistent=False, early_rescale=early), q, k, v, layout, mask)
         print(f"  persistent vs one program per item (early_rescale {early}): bit-identical "
               f"{torch.equal(ours, theirs)}, {_rel(ours, theirs):.2e}")
         assert torch.equal(ours, theirs)
-        for tails in ("wg0",):  # tail tiles inside the persistent kernel: other rows bit for bit
-            inside = _check(q, k, v, layout, mask, torch.bfloat16, f"{case}, tails {tails}", persistent=True,
-                            dynamic=dynamic, early_rescale=early, tails=tails)
-            assert _same_outside_tails(inside, theirs, layout), tails
-
-
-TAIL_SIZES = [1, 2, 17, 63, 64, 65, 127, 128, 129, 191, 192, 193, 255, 256, 0, 300, 320]
-
-
-def _tail_case(h=2, seed=5):
-    """Query blocks of 1–64 rows, a remainder of exactly 64, 65 … 320 rows (tail tiles of every size, and none);
-    key blocks of 1 token, empty, and long (lists of 0, 1, one partial, and many tiles, odd and even counts); per
-    head a query block selecting every key block, one selecting only the one-token key block, one selecting nothing,
-    the 64-row block three key tiles' worth."""
-    gen = torch.Generator().manual_seed(seed)
-    q_sizes = torch.tensor(TAIL_SIZES).expand(1, h, -1).contiguous()
-    n = int(q_sizes[0, 0].sum())
-    k_sizes = torch.tensor([1, 0, 130, 257, 64, 500, 127]).expand(1, h, -1).clone()
-    k_sizes[..., -1] += n - int(k_sizes[0, 0].sum())
-    mq, mk = q_sizes.shape[-1], k_sizes.shape[-1]
-    selected = torch.rand(1, h, mq, mk, generator=gen) < 0.45
-    selected[..., 0, :] = True  # the one-row block: every key
-    selected[..., 1, :] = False
-    selected[..., 1, 0] = True  # two rows, one key
-    selected[..., 2, :] = False  # 17 rows, no key: zeros
-    selected[..., 4, :] = False
-    selected[..., 4, 3] = True  # exactly 64 rows, 257 keys (three tiles)
-    return gen, n, q_sizes, k_sizes, selected
-
-
-@needs_hopper
-@pytest.mark.parametrize("tails", ["wg0"])
-@pytest.mark.parametrize("order", ["merged", "head", "end"])
-@pytest.mark.parametrize("programs,dynamic", [(1, True), (3, False), (None, True), (None, False)])
-def test_tail_items_inside_the_persistent_kernel(tails, order, programs, dynamic, monkeypatch):
-    """Tail tiles (≤ 64 rows) served inside the persistent kernel by warpgroup 0 (warpgroup 1 passing its share
-    of the barriers), in each work-list order: every row against the reference, the 128-row items' rows bit for bit equal to the Triton-tail
-    kernel's, with one program (every item in sequence through the ring), a few, or one per SM."""
-    import sparseattn.kernels.gluon_ws_attention as module
-
-    if programs is not None:
-        monkeypatch.setattr(module, "_sm_count", lambda device: programs)
-    gen, n, q_sizes, k_sizes, selected = _tail_case()
-    q, k, v = _qkv(gen, 1, 2, n, 128, torch.bfloat16)
-    layout = _layout(q_sizes, k_sizes, 128)
-    mask = BlockMask(selected.cuda())
-    out = _check(q, k, v, layout, mask, torch.bfloat16, f"tails {tails} {order}, {programs or 'SM count'} programs",
-                 tails=tails, tail_order=order, dynamic=dynamic)
-    start = sum(TAIL_SIZES[:2])
-    assert not bool(out[0, :, start:start + 17].any())  # the block selecting nothing
-    theirs = _through(GluonWSBlockSparse(tails="triton", dynamic=dynamic), q, k, v, layout, mask)
-    assert _same_outside_tails(out, theirs, layout)
-    tail = _tail_rows(layout)[0].cuda()
-    print(f"  tail rows vs Triton tail pass: {_rel(out[0][tail], theirs[0][tail]):.2e}")
-
-
-@needs_hopper
-@pytest.mark.parametrize("block_n,d,fuse", [(64, 128, "q"), (128, 64, "none"), (128, 128, "qkv")])
-def test_tail_items_key_tiles_head_dims_orders(block_n, d, fuse):
-    """Tail items inside the persistent kernel with key tiles of 64, head dim 64, and token orders in every
-    permutation mode."""
-    gen, n, q_sizes, k_sizes, selected = _tail_case(h=3, seed=block_n + d)
-    q, k, v = _qkv(gen, 1, 3, n, d, torch.bfloat16)
-    layout = _layout(q_sizes, k_sizes, d, gen)
-    _check(q, k, v, layout, BlockMask(selected.cuda()), torch.bfloat16, f"tails, block_n {block_n} d {d} {fuse}",
-           block_n=block_n, fuse_permutation=fuse, tails="wg0")
-
-
-@needs_hopper
-@pytest.mark.parametrize("tails", ["wg0", "triton"])
-def test_persistent_with_tails_captures_in_a_cuda_graph(tails):
-    """One launch (the tail tiles inside) or two, captured in a CUDA graph: replays give the eager output."""
-    gen, n, q_sizes, k_sizes, selected = _tail_case()
-    q, k, v = _qkv(gen, 1, 2, n, 128, torch.bfloat16)
-    kern = GluonWSBlockSparse(tails=tails)
-    plan = kern.plan(_layout(q_sizes, k_sizes, 128), BlockMask(selected.cuda()), q)
-    eager = kern.run(plan, q, k, v).clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        kern.run(plan, q, k, v)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = kern.run(plan, q, k, v)
-    for _ in range(2):
-        out.zero_()
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(out, eager)
 
 
 @needs_hopper
