@@ -3,7 +3,7 @@
     PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/call_overhead.py [--density 0.15] [--profile 25]
 
 The call is `Strategy` from the ``svg2`` recipe with budget ``density`` (as ``benchmarks/attention.py --sections
-whole``), warm centroid cache, input checks off. Printed, all in one process on one card:
+whole``), warm centroid cache, k-means tol 0 (both warm iterations always run), input checks off. Printed, all in one process on one card:
 
 * ``cuDNN dense``: SDPA dense attention on the same q, k, v;
 * ``call, synchronised``: CUDA-event time of one call started on an idle GPU and waited for (the way
@@ -48,7 +48,7 @@ def main() -> None:
     strategy = load_strategy(
         "svg2",
         permuter={"name": "kmeans", "q_clusters": shape["cq"], "k_clusters": shape["ck"], "iters_first": 20,
-                  "iters_warm": 2, "tol": 1e-4, "clusterer": "triton"},
+                  "iters_warm": 2, "tol": 0.0, "clusterer": "triton"},
         budget={"name": "density", "density": args.density},
     )
     strategy.check_inputs = False
@@ -97,6 +97,7 @@ def main() -> None:
                       ("host issue (GPU busy)", host_ms), ("GPU kernels (sum)", gpu_ms)):
         print(f"{label:28} {ms:9.2f} {cudnn / ms:14.2f}×")
     print(f"kernel launches per call: {len(kernels)}")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60))
 
     # The GPU's timeline over three calls issued back to back: busy time, span, and the largest gaps between kernels
     with profile(activities=[ProfilerActivity.CUDA]) as prof:

@@ -23,6 +23,19 @@ triton_kmeans.py, whose semantics this kernel keeps for ``precision="bf16"`` wit
 holds −2c for bf16 and c for float16). ‖x‖² is left out of the distance: it is the same for every centroid of a point.
 Stage reuse: tile t+3 overwrites the stage of tile t−1, whose product every warp waited for in iteration t−1, before
 the barrier of iteration t. Shared memory: x 32 KB + 4 × 16 KB at D 128, 64 centroids per tile: two programs per SM.
+
+Persistent (``PERSISTENT``, the default launch): about two programs per SM, each looping over work items (group, point
+tile) with a static stride, group-major (the items in flight at once are neighbours: one group's centroids, an L2
+hit). After an item's last product the program loads its points from shared memory into registers, waits at a
+barrier, issues the next item's copies (x and centroid tiles 0–2, into the same buffers), and only then reduces,
+stores the labels and does the atomics, which run under those copies. Copy p mod COPIES of the sums, p the point
+tile, as in the one-item-per-program grid, so labels and sizes are identical to it (sums up to summation order).
+Index vectors of the copies, labels and atomics get an opaque zero (``_opaque_zero``): without it LLVM hoists their
+per-thread offsets out of the item loop, they stay live across the product loop, and ptxas, out of registers, folds
+part of each tile before issuing the next product (measured 15% slower than one item per program on an H100).
+H100, Wan shape (benchmarks/results/h100-2026-11-27-s4-kmeans-persistent-run2.log): assign 0.96 → 0.94 ms per launch
+for 300 clusters and 2.00 → 1.92 ms for 1,000; rereading x from L2 for the atomics instead of keeping it in registers
+was slower (1.00, 2.08–2.15 ms).
 """
 from __future__ import annotations
 
@@ -47,6 +60,31 @@ def _copy_tile(dst, c_base, t, crow, cols, C, BLOCK_C: gl.constexpr, BLOCK_D: gl
 
 
 @gluon.jit
+def _issue_item(x_smem, c_smem, X, CD, g, p, N, C, sxg, sxn, z, ld_layout: gl.constexpr, BLOCK_P: gl.constexpr,
+                BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr):
+    """cp.async the points of work item (group g, point tile p) and its centroid tiles 0, 1, 2 into stages 0, 1, 2:
+    copy groups {x, C_0}, {C_1}, {C_2}."""
+    rows = p * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, ld_layout)) + z
+    cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, ld_layout))
+    crow = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(1, ld_layout)) + z
+    x_ptr = X + g * sxg + rows[:, None].to(gl.int64) * sxn + cols[None, :]
+    async_copy.async_copy_global_to_shared(x_smem, x_ptr, mask=(rows < N)[:, None])
+    c_base = CD + g * C * BLOCK_D
+    for t0 in gl.static_range(3):
+        _copy_tile(c_smem.index(t0), c_base, t0, crow, cols, C, BLOCK_C, BLOCK_D)
+        async_copy.commit_group()
+
+
+@gluon.jit
+def _opaque_zero(w):
+    """0, computed from w through an inline-assembly move the compiler cannot see through. Added to the index
+    vectors of a work item's copies, labels and atomics, it keeps LLVM from hoisting their per-thread offsets out of
+    the persistent loop, where they would stay live across the product loop and crowd its registers (ptxas then
+    folds half of a tile before issuing the next product, and the overlap is lost)."""
+    return gl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [w], dtype=gl.int32, is_pure=False, pack=1) - w
+
+
+@gluon.jit
 def _fold_tile(best, s, csq, t, FOLD: gl.constexpr, TILE_BITS: gl.constexpr):
     """best = min(best, packed distances of tile t): the tile number replaces the TILE_BITS low bits."""
     if FOLD:  # the operand copy holds −2c: x·(−2c) + ‖c‖²
@@ -59,15 +97,90 @@ def _fold_tile(best, s, csq, t, FOLD: gl.constexpr, TILE_BITS: gl.constexpr):
 
 
 @gluon.jit
+def _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout: gl.constexpr, acc_layout: gl.constexpr, FOLD: gl.constexpr,
+              TILE_BITS: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr):
+    """The running packed minimum per (point, column slot) over all centroid tiles of group g, for the points in
+    x_smem (copied by ``_issue_item``, three copy groups outstanding). Returns with every copy landed and every
+    product retired (this warp's: a barrier makes the shared memory free for the next item)."""
+    far: gl.constexpr = 1.0e38  # finite: inf with tile bits set would be a NaN
+    cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, ld_layout))
+    crow = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(1, ld_layout)) + z
+    slots = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, acc_layout)) + z
+    zeros = gl.zeros([BLOCK_P, BLOCK_C], gl.float32, acc_layout)
+    c_base = CD + g * C * BLOCK_D
+    n_tiles = gl.cdiv(C, BLOCK_C)
+    async_copy.wait_group(2)  # x and C_0 landed
+    fence_async_shared()
+    gl.thread_barrier()
+    tok = warpgroup_mma(x_smem, c_smem.index(0).permute((1, 0)), zeros, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(0, deps=[tok])
+    csq = gl.load(CSQ + g * C + slots, mask=slots < C, other=far)
+    best = gl.full_like(zeros, float("inf"))
+    for t in range(0, n_tiles - 1):
+        async_copy.wait_group(1)  # tile t+1 landed (t+2 may still be in flight)
+        fence_async_shared()
+        gl.thread_barrier()  # also: every warp is past S_{t-1}, so its stage can take tile t+3
+        _copy_tile(c_smem.index((t + 3) % STAGES), c_base, t + 3, crow, cols, C, BLOCK_C, BLOCK_D)
+        async_copy.commit_group()
+        # issued only now that S_t has retired (C7514/C7515 in the module docstring); S_t is folded under it
+        tok = warpgroup_mma(x_smem, c_smem.index((t + 1) % STAGES).permute((1, 0)), zeros, use_acc=False,
+                            is_async=True)
+        cen = (t + 1) * BLOCK_C + slots
+        csq_next = gl.load(CSQ + g * C + cen, mask=cen < C, other=far)
+        best = _fold_tile(best, s, csq, t, FOLD, TILE_BITS)
+        s = warpgroup_mma_wait(0, deps=[tok])
+        csq = csq_next
+    best = _fold_tile(best, s, csq, n_tiles - 1, FOLD, TILE_BITS)
+    async_copy.wait_group(0)  # copies of tiles past the end (all masked) land before the stages are reused
+    return best
+
+
+@gluon.jit
+def _labels(best, C, z, acc_layout: gl.constexpr, BLOCK_C: gl.constexpr, TILE_BITS: gl.constexpr):
+    """The row reduction of the packed minima: each point's cluster (the first slot holding the minimum)."""
+    slots = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, acc_layout)) + z
+    low = gl.min(best, 1)
+    slot = gl.min(gl.where(best == low[:, None], slots[None, :], BLOCK_C), 1)  # the first slot holding it
+    best_idx = (low.to(gl.int32, bitcast=True) & ((1 << TILE_BITS) - 1)) * BLOCK_C + slot
+    return gl.where(best_idx < C, best_idx, 0)  # a row of NaN or huge distances: cluster 0
+
+
+@gluon.jit
+def _scatter(SUMS, COUNTS, x, best_idx, g, p, N, C, G, z, BLOCK_P: gl.constexpr, BLOCK_D: gl.constexpr,
+             COPIES: gl.constexpr):
+    """Add the points x (registers, ``row_layout`` of the kernel) of work item (g, p) into the sums and counts of
+    their clusters, in copy p mod COPIES."""
+    NW: gl.constexpr = gl.num_warps()
+    # One warp instruction adds one whole point (a contiguous row of the sums, 16 bytes per lane) and the counts are
+    # not replicated across lanes: with the copy layout (two rows per instruction, 16-byte gaps) the atomics ran
+    # ~3× slower on an H100.
+    row_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 4], threads_per_warp=[1, 32],
+                                                warps_per_cta=[NW, 1], order=[1, 0])
+    count_layout: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
+    lab = gl.convert_layout(best_idx, gl.SliceLayout(1, row_layout)).to(gl.int64)
+    acc_rows = p * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, row_layout)) + z
+    acc_cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, row_layout))
+    copy = (p % COPIES) * G * C  # the copy's offset in (group, cluster) rows
+    SUMS += copy * BLOCK_D
+    COUNTS += copy
+    gl.atomic_add(SUMS + (g * C + lab)[:, None] * BLOCK_D + acc_cols[None, :], x.to(gl.float32),
+                  mask=(acc_rows < N)[:, None], sem="relaxed")
+    count_rows = p * BLOCK_P + gl.arange(0, BLOCK_P, layout=count_layout) + z
+    gl.atomic_add(COUNTS + g * C + gl.convert_layout(lab, count_layout),
+                  gl.full([BLOCK_P], 1, gl.int32, count_layout), mask=count_rows < N, sem="relaxed")
+
+
+@gluon.jit
 def _gluon_assign_kernel(
     X, CD, CSQ, LABELS, SUMS, COUNTS, SHIFT,
-    it, tol, N, C, sxg, sxn,
+    it, tol, N, C, G, sxg, sxn,
     BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr, MAX_IT: gl.constexpr,
     USE_TOL: gl.constexpr, TILE_BITS: gl.constexpr, FOLD: gl.constexpr, ACCUMULATE: gl.constexpr,
-    COPIES: gl.constexpr = 1,
+    COPIES: gl.constexpr = 1, PERSISTENT: gl.constexpr = False,
 ):
     """Arguments as ``_assign_kernel`` (triton_kmeans.py) with D = BLOCK_D (rows of 16-byte copies, so no column
-    mask); X and CD share the operand dtype (bf16 or float16)."""
+    mask) and G the number of groups; X and CD share the operand dtype (bf16 or float16). PERSISTENT: a 1-D grid of
+    programs striding over the work items (group-major); else grid (cdiv(N, BLOCK_P), G), one item per program."""
     gl.static_assert(TILE_BITS > 0, "packed argmin only")
     NW: gl.constexpr = gl.num_warps()
     dtype: gl.constexpr = CD.dtype.element_ty
@@ -76,12 +189,12 @@ def _gluon_assign_kernel(
     TPR: gl.constexpr = BLOCK_D // 8  # threads per row: one 16-byte cp.async each
     ld_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // TPR, TPR],
                                                warps_per_cta=[NW, 1], order=[1, 0])
+    # the atomics' layout (``_scatter``): one point per warp instruction
+    row_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 4], threads_per_warp=[1, 32],
+                                                warps_per_cta=[NW, 1], order=[1, 0])
     smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128 if BLOCK_D * 2 >= 128 else BLOCK_D * 2,
                                                      element_bitwidth=16, rank=2)
-    far: gl.constexpr = 1.0e38  # finite: inf with tile bits set would be a NaN
 
-    pid = gl.program_id(0)
-    g = gl.program_id(1).to(gl.int64)
     skip = False
     if USE_TOL:  # the device-side stop test: an earlier round's largest shift was below tol
         offs = gl.arange(0, MAX_IT, layout=gl.BlockedLayout([1], [32], [NW], [0]))
@@ -90,89 +203,66 @@ def _gluon_assign_kernel(
     if not skip:
         x_smem = gl.allocate_shared_memory(dtype, [BLOCK_P, BLOCK_D], smem_layout)
         c_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_C, BLOCK_D], smem_layout)
-        rows = pid * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, ld_layout))
-        cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, ld_layout))
-        crow = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(1, ld_layout))
-        rmask = rows < N
-        x_ptr = X + g * sxg + rows[:, None].to(gl.int64) * sxn + cols[None, :]
-        async_copy.async_copy_global_to_shared(x_smem, x_ptr, mask=rmask[:, None])
-        c_base = CD + g * C * BLOCK_D
-        n_tiles = gl.cdiv(C, BLOCK_C)
-        for t0 in gl.static_range(3):  # copy groups {x, C_0}, {C_1}, {C_2}
-            _copy_tile(c_smem.index(t0), c_base, t0, crow, cols, C, BLOCK_C, BLOCK_D)
-            async_copy.commit_group()
-        async_copy.wait_group(2)
-        fence_async_shared()
-        gl.thread_barrier()
-
-        slots = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, acc_layout))
-        zeros = gl.zeros([BLOCK_P, BLOCK_C], gl.float32, acc_layout)
-        tok = warpgroup_mma(x_smem, c_smem.index(0).permute((1, 0)), zeros, use_acc=False, is_async=True)
-        s = warpgroup_mma_wait(0, deps=[tok])
-        csq = gl.load(CSQ + g * C + slots, mask=slots < C, other=far)
-        best = gl.full([BLOCK_P, BLOCK_C], float("inf"), gl.float32, acc_layout)
-        for t in range(0, n_tiles - 1):
-            async_copy.wait_group(1)  # tile t+1 landed (t+2 may still be in flight)
-            fence_async_shared()
-            gl.thread_barrier()  # also: every warp is past S_{t-1}, so its stage can take tile t+3
-            _copy_tile(c_smem.index((t + 3) % STAGES), c_base, t + 3, crow, cols, C, BLOCK_C, BLOCK_D)
-            async_copy.commit_group()
-            # issued only now that S_t has retired (C7514/C7515 in the module docstring); S_t is folded under it
-            tok = warpgroup_mma(x_smem, c_smem.index((t + 1) % STAGES).permute((1, 0)), zeros, use_acc=False,
-                                is_async=True)
-            cen = (t + 1) * BLOCK_C + slots
-            csq_next = gl.load(CSQ + g * C + cen, mask=cen < C, other=far)
-            best = _fold_tile(best, s, csq, t, FOLD, TILE_BITS)
-            s = warpgroup_mma_wait(0, deps=[tok])
-            csq = csq_next
-        best = _fold_tile(best, s, csq, n_tiles - 1, FOLD, TILE_BITS)
-        async_copy.wait_group(0)  # copies of tiles past the end (all masked) must land before the CTA exits
-
-        low = gl.min(best, 1)
-        slot = gl.min(gl.where(best == low[:, None], slots[None, :], BLOCK_C), 1)  # the first slot holding it
-        best_idx = (low.to(gl.int32, bitcast=True) & ((1 << TILE_BITS) - 1)) * BLOCK_C + slot
-        best_idx = gl.where(best_idx < C, best_idx, 0)  # a row of NaN or huge distances: cluster 0
-        out_rows = pid * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, acc_layout))
-        gl.store(LABELS + g * N + out_rows, best_idx.to(gl.int64), mask=out_rows < N)
-        if ACCUMULATE:  # the centroid update's scatter: the points are still in shared memory
-            # One warp instruction adds one whole point (a contiguous row of the sums, 16 bytes per lane) and the
-            # counts are not replicated across lanes: with the copy layout (two rows per instruction, 16-byte gaps)
-            # the atomics ran ~3× slower on an H100.
-            row_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 4], threads_per_warp=[1, 32],
-                                                        warps_per_cta=[NW, 1], order=[1, 0])
-            count_layout: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
-            lab = gl.convert_layout(best_idx, gl.SliceLayout(1, row_layout)).to(gl.int64)
-            acc_rows = pid * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, row_layout))
-            acc_cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, row_layout))
-            x = x_smem.load(row_layout).to(gl.float32)
-            copy = (pid % COPIES) * gl.num_programs(1) * C  # this program's copy of the sums and counts
-            SUMS += copy * BLOCK_D
-            COUNTS += copy
-            gl.atomic_add(SUMS + (g * C + lab)[:, None] * BLOCK_D + acc_cols[None, :], x,
-                          mask=(acc_rows < N)[:, None], sem="relaxed")
-            count_rows = pid * BLOCK_P + gl.arange(0, BLOCK_P, layout=count_layout)
-            gl.atomic_add(COUNTS + g * C + gl.convert_layout(lab, count_layout),
-                          gl.full([BLOCK_P], 1, gl.int32, count_layout), mask=count_rows < N, sem="relaxed")
+        if PERSISTENT:
+            # Work item w: group w // tiles, point tile w % tiles; program i takes items i, i + programs, … Items
+            # that run at the same time are neighbours, so mostly one group's centroids are read (an L2 hit).
+            tiles = gl.cdiv(N, BLOCK_P)
+            items = tiles * G
+            step = gl.num_programs(0)
+            first = gl.program_id(0)
+            if first < items:
+                _issue_item(x_smem, c_smem, X, CD, (first // tiles).to(gl.int64), first % tiles, N, C, sxg, sxn, 0,
+                            ld_layout, BLOCK_P, BLOCK_C, BLOCK_D)
+            for w in range(first, items, step):
+                g = (w // tiles).to(gl.int64)
+                p = w % tiles
+                z = _opaque_zero(w)  # keeps the item's index arithmetic inside the loop (see _opaque_zero)
+                best = _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout, acc_layout, FOLD, TILE_BITS,
+                                 BLOCK_P, BLOCK_C, BLOCK_D)
+                if ACCUMULATE:  # the points for the atomics, before the next item's copy lands
+                    x = x_smem.load(row_layout)
+                gl.thread_barrier()  # every warp is past its last product (and its read of x)
+                nxt = w + step
+                if nxt < items:  # the next item's copies run under this one's reduction, labels and atomics
+                    _issue_item(x_smem, c_smem, X, CD, (nxt // tiles).to(gl.int64), nxt % tiles, N, C, sxg, sxn,
+                                z, ld_layout, BLOCK_P, BLOCK_C, BLOCK_D)
+                best_idx = _labels(best, C, z, acc_layout, BLOCK_C, TILE_BITS)
+                rows = p * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, acc_layout)) + z
+                gl.store(LABELS + g * N + rows, best_idx.to(gl.int64), mask=rows < N)
+                if ACCUMULATE:
+                    _scatter(SUMS, COUNTS, x, best_idx, g, p, N, C, G, z, BLOCK_P, BLOCK_D, COPIES)
+        else:
+            p = gl.program_id(0)
+            g = gl.program_id(1).to(gl.int64)
+            _issue_item(x_smem, c_smem, X, CD, g, p, N, C, sxg, sxn, 0, ld_layout, BLOCK_P, BLOCK_C, BLOCK_D)
+            best = _products(x_smem, c_smem, CD, CSQ, g, C, 0, ld_layout, acc_layout, FOLD, TILE_BITS, BLOCK_P,
+                             BLOCK_C, BLOCK_D)
+            best_idx = _labels(best, C, 0, acc_layout, BLOCK_C, TILE_BITS)
+            rows = p * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, acc_layout))
+            gl.store(LABELS + g * N + rows, best_idx.to(gl.int64), mask=rows < N)
+            if ACCUMULATE:  # the centroid update's scatter: the points are still in shared memory
+                _scatter(SUMS, COUNTS, x_smem.load(row_layout), best_idx, g, p, N, C, G, 0, BLOCK_P, BLOCK_D,
+                         COPIES)
 
 
 def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 4, maxnreg: int = 0, dtype: str = "bf16",
-                 accumulate: bool = True, tile_bits: int = 4, copies: int = 1):
+                 accumulate: bool = True, tile_bits: int = 4, copies: int = 1, persistent: bool = True):
     """Compile the kernel for sm_90 without a GPU (for inspection and the CPU test); the defaults are the launch
     options ``TritonKMeans`` uses. Returns ``triton.compile``'s result (``.asm["ptx"]``, ``.metadata.shared``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    names = ["X", "CD", "CSQ", "LABELS", "SUMS", "COUNTS", "SHIFT", "it", "tol", "N", "C", "sxg", "sxn"]
-    types = [f"*{dtype}", f"*{dtype}", "*fp32", "*i64", "*fp32", "*i32", "*fp32", "i32", "fp32"] + ["i32"] * 4
+    names = ["X", "CD", "CSQ", "LABELS", "SUMS", "COUNTS", "SHIFT", "it", "tol", "N", "C", "G", "sxg", "sxn"]
+    types = [f"*{dtype}", f"*{dtype}", "*fp32", "*i64", "*fp32", "*i32", "*fp32", "i32", "fp32"] + ["i32"] * 5
     signature = dict(zip(names, types))
     signature.update({k: "constexpr" for k in ("BLOCK_P", "BLOCK_C", "BLOCK_D", "MAX_IT", "USE_TOL", "TILE_BITS",
-                                               "FOLD", "ACCUMULATE", "COPIES")})
+                                               "FOLD", "ACCUMULATE", "COPIES", "PERSISTENT")})
     aligned = [i for i, name in enumerate(names) if types[i].startswith("*") or name in ("sxg", "sxn")]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = GluonASTSource(_gluon_assign_kernel, signature=signature, attrs=attrs,
                          constexprs=dict(BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_D=128, MAX_IT=2, USE_TOL=False,
                                          TILE_BITS=tile_bits, FOLD=dtype == "bf16", ACCUMULATE=accumulate,
-                                         COPIES=copies))
+                                         COPIES=copies, PERSISTENT=bool(persistent)))
     options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)

@@ -257,6 +257,9 @@ class TritonKMeans(Clusterer):
     _asm: bool = field(default=True, repr=False)  # False: the packed argmin's and-or without inline PTX (diagnostic)
     _fold: bool = field(default=True, repr=False)  # False: ‖c‖² − 2x·c after the product (a diagnostic)
     _maxnreg: int = field(default=0, repr=False)  # gluon: register cap per thread (0: none; a diagnostic)
+    # gluon: False: one program per (point tile, group); True: persistent (~2 programs per SM loop over the work
+    # items, the next item's copies overlap this one's labels and atomics; H100, Wan shape: 2-4% faster assignment)
+    _persistent: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -413,7 +416,7 @@ class TritonKMeans(Clusterer):
 
     def _launch_gluon(self, x, cd, csq, labels, sums, counts, shift, it, tol, max_it, tile_bits, fold) -> None:
         """One assignment with the Hopper kernel (clustering/gluon_kmeans.py)."""
-        from .gluon_kmeans import _gluon_assign_kernel
+        from .gluon_kmeans import STAGES, _gluon_assign_kernel
 
         groups, n, d = x.shape
         c = cd.shape[1]
@@ -426,9 +429,21 @@ class TritonKMeans(Clusterer):
             raise ValueError(f"assign_kernel 'gluon' needs block_points to be a multiple of 16·num_warps, got "
                              f"{bp} points for {warps} warps")
         options = {"maxnreg": self._maxnreg} if self._maxnreg else {}
-        _gluon_assign_kernel[(triton.cdiv(n, bp), groups)](
+        items = triton.cdiv(n, bp) * groups
+        if self._persistent:
+            # As many programs as fit on the GPU at once (shared memory: x, the ring of centroid tiles, ~1 KB of
+            # layout-conversion scratch and 1 KB the hardware reserves per block; registers: up to 255 a thread)
+            props = torch.cuda.get_device_properties(x.device)
+            smem = (bp + int(STAGES) * bc) * d * x.element_size() + 2048
+            per_sm = min(getattr(props, "shared_memory_per_multiprocessor", 233472) // smem,
+                         65536 // (32 * warps * (self._maxnreg or 256)))
+            grid = (min(items, props.multi_processor_count * max(1, per_sm)),)
+        else:
+            grid = (triton.cdiv(n, bp), groups)
+        _gluon_assign_kernel[grid](
             x, cd, csq, labels, sums, counts, shift,
-            it, float(tol), n, c, x.stride(0), x.stride(1),
+            it, float(tol), n, c, groups, x.stride(0), x.stride(1),
             BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=d, MAX_IT=max_it, USE_TOL=tol > 0, TILE_BITS=tile_bits, FOLD=fold,
-            ACCUMULATE=self._accumulate, COPIES=sums.shape[0], num_warps=warps, **options,
+            ACCUMULATE=self._accumulate, COPIES=sums.shape[0], PERSISTENT=self._persistent, num_warps=warps,
+            **options,
         )

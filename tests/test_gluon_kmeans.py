@@ -3,8 +3,11 @@
 Without a GPU: the kernel compiles for sm_90 (Gluon and the wheel's ptxas need no GPU). The PTX must hold
 asynchronous wgmma and 16-byte cp.async copies, and ptxas must report neither spills nor serialised wgmma (C7514 /
 C7515: what happens when accumulator registers are touched while a product runs, which would undo the overlap the
-kernel exists for). With an sm_90 GPU: labels, centroids and sizes against the Triton assignment and the float32
-reference, for cluster counts that are not multiples of the tile, N not a multiple of 128, float16 and tol > 0.
+kernel exists for). The persistent kernel (the default: ~2 programs per multiprocessor loop over the work items) may
+keep a few bytes of per-item values in local memory, but none inside the product loop. With an sm_90 GPU: labels,
+centroids and sizes against the Triton assignment and the float32 reference, for cluster counts that are not
+multiples of the tile, N not a multiple of 128, float16 and tol > 0, persistent and not; the persistent kernel's
+labels and sizes equal the one-item-per-program kernel's exactly, also inside a CUDA graph.
 """
 from __future__ import annotations
 
@@ -29,27 +32,56 @@ def _hopper() -> bool:
 
 needs_hopper = pytest.mark.skipif(not _hopper(), reason="needs a compute-capability-9.0 GPU, not the interpreter")
 
-# (points per program, warps, register cap, dtype, accumulate): the default launch for bf16, float16 and the
-# assignment-only diagnostic, and two warpgroups capped at 128 registers
-VARIANTS = [(128, 4, 0, "bf16", True), (128, 4, 0, "fp16", True), (128, 4, 0, "bf16", False),
-            (128, 8, 128, "bf16", True)]
+# (points per program, warps, register cap, dtype, accumulate, persistent: 0 one item per program, 1 persistent):
+# the default launch for bf16, float16 and the assignment-only diagnostic, the one-item-per-program kernels, and two
+# warpgroups capped at 128 registers
+VARIANTS = [(128, 4, 0, "bf16", True, 1), (128, 4, 0, "fp16", True, 1), (128, 4, 0, "bf16", False, 1),
+            (128, 4, 0, "bf16", True, 0), (128, 4, 0, "fp16", True, 0),
+            (128, 8, 128, "bf16", True, 0), (128, 8, 128, "bf16", True, 1)]
+# bytes of local memory the persistent kernel may use outside the product loop (H100 runs: a per-item value or two
+# kept there costs nothing measurable); with two warpgroups capped at 128 registers it needs more (a diagnostic)
+PERSISTENT_SPILL = {4: 16, 8: 128}
 
 
-def _name(block_p, warps, maxnreg, dtype, accumulate) -> str:
-    return f"{block_p}_{warps}_{maxnreg}_{dtype}_{int(accumulate)}"
+def _name(block_p, warps, maxnreg, dtype, accumulate, persistent) -> str:
+    return f"{block_p}_{warps}_{maxnreg}_{dtype}_{int(accumulate)}_{persistent}"
 
 
 @pytest.fixture(scope="module")
 def compiled(compile_sm90):
     return compile_sm90("sparseattn.clustering.gluon_kmeans", {
-        _name(*v): dict(block_p=v[0], num_warps=v[1], maxnreg=v[2], dtype=v[3], accumulate=v[4]) for v in VARIANTS})
+        _name(*v): dict(block_p=v[0], num_warps=v[1], maxnreg=v[2], dtype=v[3], accumulate=v[4], persistent=v[5])
+        for v in VARIANTS})
 
 
-@pytest.mark.parametrize("block_p,warps,maxnreg,dtype,accumulate", VARIANTS)
+def _product_loops(cubin) -> list:
+    """The SASS of each innermost loop holding wgmma (HGMMA), by cuobjdump beside the wheel's ptxas: a list of
+    instruction lists (skips when there is no cuobjdump)."""
+    import subprocess
+
+    binary = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(binary):
+        pytest.skip(f"no cuobjdump at {binary}")
+    sass = subprocess.run([binary, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    code = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    loops = [(int(b.group(1), 16), addr) for addr, text in code
+             if (b := re.search(r"\bBRA\s+(?:`\()?0x([0-9a-f]+)", text)) and int(b.group(1), 16) <= addr]
+    mma = [addr for addr, text in code if "HGMMA" in text]
+
+    def has_mma(lo, hi):
+        return any(lo <= a <= hi for a in mma)
+
+    inner = [(lo, hi) for lo, hi in loops if has_mma(lo, hi)
+             and not any(lo <= a and b <= hi and (a, b) != (lo, hi) and has_mma(a, b) for a, b in loops)]
+    assert inner, "no loop around the products"
+    return [[text for addr, text in code if lo <= addr <= hi] for lo, hi in inner]
+
+
+@pytest.mark.parametrize("block_p,warps,maxnreg,dtype,accumulate,persistent", VARIANTS)
 def test_compiles_for_sm90_without_spills_or_serialised_wgmma(compiled, ptxas, block_p, warps, maxnreg, dtype,
-                                                              accumulate):
+                                                              accumulate, persistent):
     folder, shared = compiled
-    name = _name(block_p, warps, maxnreg, dtype, accumulate)
+    name = _name(block_p, warps, maxnreg, dtype, accumulate, persistent)
     ptx = (folder / f"{name}.ptx").read_text()
     assert "wgmma.mma_async" in ptx
     assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 0x10", ptx), "no 16-byte cp.async"
@@ -58,9 +90,29 @@ def test_compiles_for_sm90_without_spills_or_serialised_wgmma(compiled, ptxas, b
     info = ptxas(folder / f"{name}.ptx")
     print(f"{name}: shared {shared[name]} B, {info.registers} registers, {info.spill_stores} bytes spilled")
     assert "C7514" not in info.report and "C7515" not in info.report, info.report  # wgmma serialised by ptxas
-    assert info.spill_stores == 0 and info.spill_loads == 0, info.report
+    if persistent:
+        assert info.spill_stores <= PERSISTENT_SPILL[warps], info.report
+        local = [t for loop in _product_loops(folder / f"{name}.ptx.cubin") for t in loop
+                 if re.match(r"(@!?U?P\w+\s+)?(LDL|STL)\b", t.strip())]
+        assert not local, local
+    else:
+        assert info.spill_stores == 0 and info.spill_loads == 0, info.report
     if maxnreg:
         assert info.registers <= maxnreg
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_persistent_product_loop_no_longer_than_one_item_per_program(compiled, ptxas, dtype):
+    """The item loop must not crowd the product loop: when per-item index offsets were hoisted out of it (no
+    ``_opaque_zero``), the product loop grew from 453 to 485 instructions and ran 15% slower on an H100."""
+    folder, _ = compiled
+    lengths = {}
+    for persistent in (0, 1):
+        name = _name(128, 4, 0, dtype, True, persistent)
+        ptxas(folder / f"{name}.ptx")  # writes the cubin
+        lengths[persistent] = max(len(loop) for loop in _product_loops(folder / f"{name}.ptx.cubin"))
+    print(f"{dtype}: product loop {lengths[1]} instructions persistent, {lengths[0]} one item per program")
+    assert lengths[1] <= lengths[0], lengths
 
 
 def test_options_and_reasons_off_hopper():
@@ -80,16 +132,17 @@ def test_options_and_reasons_off_hopper():
 # CUDA (sm_90)
 # ----------------------------------------------------------------------------------------------------------------
 @needs_hopper
+@pytest.mark.parametrize("persistent", [False, True])
 @pytest.mark.parametrize("n,clusters,dtype", [(30000, 500, torch.bfloat16), (20037, 1000, torch.bfloat16),
                                               (5001, 37, torch.float16), (300, 300, torch.bfloat16)])
-def test_cuda_gluon_assignment_matches_triton_and_torch(n, clusters, dtype):
+def test_cuda_gluon_assignment_matches_triton_and_torch(n, clusters, dtype, persistent):
     gen = torch.Generator(device="cuda").manual_seed(3)
     x = torch.randn(3, n, 128, device="cuda", generator=gen)
     init = init_centroids(x, clusters, seed=4)
     ref = TorchKMeans().fit(x, init, 1)
     xl = x.to(dtype)
     tri = TritonKMeans(assign_kernel="triton").fit(xl, init, 1)
-    glu = TritonKMeans(assign_kernel="gluon").fit(xl, init, 1)
+    glu = TritonKMeans(assign_kernel="gluon", _persistent=persistent).fit(xl, init, 1)
     same = float((glu.labels == tri.labels).float().mean())
     vs_ref = float((glu.labels == ref.labels).float().mean())
     err = float((glu.centroids - ref.centroids).norm() / ref.centroids.norm())
@@ -105,7 +158,44 @@ def test_cuda_gluon_assignment_matches_triton_and_torch(n, clusters, dtype):
 
 
 @needs_hopper
-def test_cuda_gluon_iterations_and_tol():
+@pytest.mark.parametrize("copies", [1, 4])
+@pytest.mark.parametrize("n,clusters,groups", [(75600, 300, 6), (20037, 1000, 3), (129, 64, 2)])
+def test_cuda_persistent_equals_one_item_per_program(n, clusters, groups, copies):
+    """The same packed argmin: identical labels and sizes; sums differ by float32 summation order only. More work
+    items than programs (the stride loop), fewer (129 points × 2 groups: 4 items), and the copies of the sums."""
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    x = torch.randn(groups, n, 128, device="cuda", generator=gen)
+    init = init_centroids(x, clusters, seed=8)
+    xb = x.bfloat16()
+    one = TritonKMeans(assign_kernel="gluon", _persistent=False, sum_copies=copies).fit(xb, init, 1)
+    per = TritonKMeans(assign_kernel="gluon", _persistent=True, sum_copies=copies).fit(xb, init, 1)
+    assert torch.equal(one.labels, per.labels)
+    assert torch.equal(one.sizes, per.sizes)
+    torch.testing.assert_close(per.centroids, one.centroids, rtol=1e-5, atol=1e-5)
+
+
+@needs_hopper
+def test_cuda_persistent_fit_captures_in_a_cuda_graph():
+    """No host synchronisation: a 3-iteration fit with tol (the device-side stop test) replays from a CUDA graph."""
+    gen = torch.Generator(device="cuda").manual_seed(9)
+    x = torch.randn(4, 10000, 128, device="cuda", generator=gen).bfloat16()
+    init = init_centroids(x.float(), 200, seed=10)
+    km = TritonKMeans(assign_kernel="gluon")
+    ref = km.fit(x, init, 3, tol=1e-6)
+    km.fit(x, init, 3, tol=1e-6)  # compiled and warm before the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = km.fit(x, init, 3, tol=1e-6)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert float((got.labels == ref.labels).float().mean()) > 0.999
+    assert int(got.sizes.sum()) == 4 * 10000
+
+
+@needs_hopper
+@pytest.mark.parametrize("persistent", [False, True])
+def test_cuda_gluon_iterations_and_tol(persistent):
     gen = torch.Generator(device="cuda").manual_seed(5)
     protos = 4 * torch.randn(2, 50, 64, device="cuda", generator=gen)
     labels = torch.randint(0, 50, (2, 4000), device="cuda", generator=gen)
@@ -114,7 +204,7 @@ def test_cuda_gluon_iterations_and_tol():
     init = init_centroids(x, 50, seed=6)
     xb = x.bfloat16()
     a = TritonKMeans(assign_kernel="triton").fit(xb, init, 20, tol=1e-4)
-    b = TritonKMeans(assign_kernel="gluon").fit(xb, init, 20, tol=1e-4)
+    b = TritonKMeans(assign_kernel="gluon", _persistent=persistent).fit(xb, init, 20, tol=1e-4)
 
     def inertia(r):  # the k-means objective of a result: both kernels must reach the same quality
         return float((xb.float() - r.centroids.gather(1, r.labels[..., None].expand(-1, -1, 64))).square().sum())
