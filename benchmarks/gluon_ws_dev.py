@@ -2,6 +2,7 @@
 dynamic and static schedules) against cuDNN and ``triton``, in one process.
 
     PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/gluon_ws_dev.py [--densities 0.15,0.1,0.3] [--no-dense]
+        [--set schedules|pingpong] [--rounds 2]
 
 At the Wan 2.1 720p shape (B1 H40 N75600 D128, bf16, data from benchmarks/attention.py): cuDNN SDPA dense, then each
 kernel on one block holding every token (dense attention through the sparse path, no tile waste) and on a k-means
@@ -9,7 +10,10 @@ layout at the given densities. Each case times the kernels in ``--rounds`` inter
 clock and thermal drift hit every kernel alike); times are medians of CUDA-event timings (attention.timed), the
 table shows the best round. Effective TFLOP/s = 4·D·(selected pairs)/time, and "vs cuDNN" is that over cuDNN's dense
 TFLOP/s. Each kernel's output is compared with kernel ``triton``'s (‖out − ref‖/‖ref‖) and, for the persistent
-variants, with one-program-per-item ``gluon_ws``'s (bit for bit).
+variants, with one-program-per-item ``gluon_ws``'s (bit for bit). ``--set pingpong``: the persistent kernel free-running
+(``pingpong=False``) against its ping-pong through named barriers (``pingpong="named"``, the default since
+benchmarks/results/h100-2026-11-27-s4-gluonws-named-pingpong-run1/2.log, which ran this set when free-running was
+the default), compared bit for bit with the former; ``--set schedules`` runs the kernel's defaults.
 """
 from __future__ import annotations
 
@@ -64,6 +68,9 @@ def main():
     parser.add_argument("--densities", default="0.15,0.10,0.30")
     parser.add_argument("--no-dense", action="store_true", help="skip the one-block (dense) case")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--set", default="schedules", choices=["schedules", "pingpong"],
+                        help="schedules: one program per item, persistent dynamic / static; pingpong: persistent "
+                             "free-running against the named-barrier ping-pong")
     args = parser.parse_args()
     shape = bench.SHAPES["wan"]
     q, k, v = bench.clustered_qkv(shape)
@@ -77,9 +84,13 @@ def main():
     cudnn_tf = 4 * d * b * h * n * n / cudnn_ms / 1e9
     rows = [("SDPA cudnn dense", cudnn_ms, cudnn_tf, 1.0, 0.0, 0.0, True)]
     bench.log(f"  SDPA cudnn dense {cudnn_ms:9.2f} ms {cudnn_tf:6.0f} TFLOP/s")
-    kernels = [("triton", TritonBlockSparse()), ("gluon_ws one per item", GluonWSBlockSparse(persistent=False)),
-               ("gluon_ws persistent dynamic", GluonWSBlockSparse(persistent=True, dynamic=True)),
-               ("gluon_ws persistent static", GluonWSBlockSparse(persistent=True, dynamic=False))]
+    if args.set == "pingpong":
+        kernels = [("triton", TritonBlockSparse()), ("gluon_ws persistent", GluonWSBlockSparse(pingpong=False)),
+                   ("gluon_ws persistent named pp", GluonWSBlockSparse(pingpong="named"))]
+    else:
+        kernels = [("triton", TritonBlockSparse()), ("gluon_ws one per item", GluonWSBlockSparse(persistent=False)),
+                   ("gluon_ws persistent dynamic", GluonWSBlockSparse(persistent=True, dynamic=True)),
+                   ("gluon_ws persistent static", GluonWSBlockSparse(persistent=True, dynamic=False))]
 
     if not args.no_dense:
         one = bench.fixed_block_layout(b, h, n, d, n)

@@ -18,9 +18,19 @@ partitions with ``gl.warp_specialize``, FlashAttention-3 style:
     with async wgmma, the next score product issued together with the previous P·V (intra-warpgroup overlap, as in
     kernel ``gluon``), O rescaled between the two issues so the multiply runs under the score product
     (FlashAttention-3's order, ``early_rescale``), online softmax in fp32 with exp2 and the scale folded into one
-    FMA. Optionally (``pingpong``) the two warpgroups issue their products in strict alternation, enforced with two
-    "turn" mbarriers, so one warpgroup's softmax runs under the other's products (FlashAttention-3's inter-warpgroup
-    schedule). It is off by default: it was slower (below).
+    FMA. The two warpgroups issue their products in strict alternation (``pingpong``, FlashAttention-3's
+    inter-warpgroup schedule), so one warpgroup's softmax runs under the other's products. By default
+    (``pingpong="named"``) the turns are handed over through two hardware named barriers, as FlashAttention-3's
+    warp-scheduler barriers: warpgroup w waits with ``bar.sync 8 + w, 256`` right before issuing its products and,
+    right after issuing them, counts itself on the other's barrier with ``bar.arrive 9 − w, 256`` (Gluon has no API
+    for them: inline asm with side effects, one element per thread; ids 8 and 9, which Triton does not use: it takes
+    0, 1 and one per worker partition, 2 and 3). Warpgroup 1 arrives once on warpgroup 0's barrier before its first
+    turn (warpgroup 0 goes first), each warpgroup takes one turn per key tile (tile 0's score product; then each
+    tile's score product with the previous P·V, the rescale between them; the item's last P·V is outside the turns,
+    as in FlashAttention-3), and warpgroup 0 consumes warpgroup 1's last hand-over before the program ends. Both
+    warpgroups run the same items with the same tile counts, so in the persistent kernel the alternation runs on
+    across items. ``pingpong=True`` hands the turns over through two "turn" mbarriers instead (one-program-per-item
+    kernel only; slower, below); ``pingpong=False`` lets the warpgroups issue as soon as their data is there.
 
 Proxy fence: cp.async writes shared memory through the generic proxy while wgmma reads it through the async proxy.
 The producer cannot fence its own writes (they complete after it has moved on), so each consumer thread, after its
@@ -50,8 +60,8 @@ skipping unused slots, and hands the slot index to both consumer warpgroups thro
 item_full mbarriers; the slot of item i + 2 is rewritten only after q_empty of item i, which follows the consumers'
 read) or by a static stride (program p runs slots p, p + nprog, …). The order stays head-major (the work list's), which
 keeps the K/V being gathered in L2; no host synchronisation (CUDA-graph capturable). Outputs equal the one-program-per-
-item kernel's bit for bit (each item runs the same instructions). No ping-pong: ``pingpong=True`` runs the one-program-
-per-item kernel.
+item kernel's bit for bit (each item runs the same instructions). The mbarrier ping-pong (``pingpong=True``) runs the
+one-program-per-item kernel.
 
 Registers (ptxas, sm_90a, no spills): launched at 168 per thread (12 warps); the producer drops to 64, consumer
 warpgroup 0 (the default partition) rises to 224 and warpgroup 1 to 216. The producer spilled at 40–56.
@@ -84,6 +94,15 @@ warpgroups splitting a tail's key tiles and merging (O, m, l) through shared mem
 kernel the producer's gathers bound it; the Triton launch's several small programs per SM hide that latency better.
 Timed alone, the Triton tail launch takes 6.45 ms and the persistent pass 35.76 ms at 15% (tail tiles are about 15%
 of the time).
+
+Named-barrier ping-pong (persistent kernel, H100 SXM, Wan shape, benchmarks/gluon_ws_dev.py --set pingpong, one
+process, interleaved rounds, best round; benchmarks/results/h100-2026-11-27-s4-gluonws-named-pingpong-run1/2.log):
+one block 215.6 / 216.5 ms against 222.1 / 221.4 ms free-running (cuDNN 197.6 / 199.3 ms: 0.92× against 0.89–0.90×;
+every named round faster than every free-running one); k-means 15% 41.75 / 41.70 against 41.91 / 42.03 ms, 10% 28.70
+against 28.89 ms, 30% 80.60 against 80.49 ms (0.70–0.74× cuDNN effective either way). Outputs bit-identical. So
+it is the default: 2–3% on the dense block, where the main pass is all the time, and within about 1% (±) on the
+k-means layouts, where the Triton tail launch and uneven lists weigh as much as the main pass's inner loop. Unlike the
+mbarrier hand-over (7% slower), bar.sync waits in hardware without a poll loop and bar.arrive does not wait at all.
 """
 from __future__ import annotations
 
@@ -117,6 +136,14 @@ PRODUCER_WARPS = gl.constexpr(4)
 # key indices and 64-bit addresses); the consumers need no more than 216 (ptxas: no spills).
 PRODUCER_REGS = gl.constexpr(64)
 CONSUMER_REGS = gl.constexpr(216)
+# Ping-pong modes (the PINGPONG constexpr): off, hand-over through two "turn" mbarriers (one-program-per-item kernel
+# only), or through two hardware named barriers (bar.sync / bar.arrive, as FlashAttention-3).
+PP_OFF = gl.constexpr(0)
+PP_MBARRIER = gl.constexpr(1)
+PP_NAMED = gl.constexpr(2)
+# Named-barrier ids of the two turns (warpgroup w waits on TURN_BAR + w). Triton uses 0 (the default partition's
+# warps), 1 (the whole CTA, around warp_specialize) and 2, 3 (one per worker partition); 16 exist per CTA.
+TURN_BAR = gl.constexpr(8)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -292,6 +319,64 @@ def _gather_kv(k_dst, v_dst, Kh, Vh, idx, live, skn, svn, offs_d):
 # Consumer partitions
 # ----------------------------------------------------------------------------------------------------------------
 @gluon.jit
+def _named_barrier(SYNC: gl.constexpr, ID: gl.constexpr):
+    """``bar.sync ID, 256`` (SYNC: wait until 256 threads, ours and the other warpgroup's, have reached the barrier)
+    or ``bar.arrive ID, 256`` (count our 128 threads, do not wait), once per thread of this 4-warp partition: an
+    inline-asm element per thread, with side effects so that it is neither removed nor moved across the wgmma issues
+    (themselves volatile inline asm)."""
+    gl.static_assert(gl.num_warps() == 4, "one consumer warpgroup")
+    lay: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
+    x = gl.full([32 * gl.num_warps()], 0, gl.int32, lay)
+    gl.static_assert((ID == TURN_BAR) | (ID == TURN_BAR + 1), "only the turn barriers")
+    if SYNC:
+        if ID == TURN_BAR:
+            gl.inline_asm_elementwise("bar.sync 8, 256;\n\tmov.u32 $0, $1;", "=r,r", [x], gl.int32, False, 1)
+        else:
+            gl.inline_asm_elementwise("bar.sync 9, 256;\n\tmov.u32 $0, $1;", "=r,r", [x], gl.int32, False, 1)
+    else:
+        if ID == TURN_BAR:
+            gl.inline_asm_elementwise("bar.arrive 8, 256;\n\tmov.u32 $0, $1;", "=r,r", [x], gl.int32, False, 1)
+        else:
+            gl.inline_asm_elementwise("bar.arrive 9, 256;\n\tmov.u32 $0, $1;", "=r,r", [x], gl.int32, False, 1)
+
+
+@gluon.jit
+def _turn_wait(WG: gl.constexpr, j, turn, PINGPONG: gl.constexpr):
+    """Ping-pong: wait for warpgroup WG's turn to issue its products (j: its turns so far, the mbarrier phase)."""
+    if PINGPONG == PP_MBARRIER:
+        mbarrier.wait(turn.index(WG), j & 1)
+    if PINGPONG == PP_NAMED:
+        _named_barrier(True, TURN_BAR + WG)
+
+
+@gluon.jit
+def _turn_pass(WG: gl.constexpr, turn, PINGPONG: gl.constexpr):
+    """Ping-pong: products issued, hand the tensor cores to the other warpgroup."""
+    if PINGPONG == PP_MBARRIER:
+        mbarrier.arrive(turn.index(1 - WG))
+    if PINGPONG == PP_NAMED:
+        _named_barrier(False, TURN_BAR + 1 - WG)
+
+
+@gluon.jit
+def _pingpong_start(WG: gl.constexpr, PINGPONG: gl.constexpr):
+    """Named-barrier ping-pong, once per program before the first turn: warpgroup 1 arrives on warpgroup 0's barrier
+    so that warpgroup 0 goes first (FlashAttention-3's mma_init)."""
+    if PINGPONG == PP_NAMED:
+        if WG == 1:
+            _named_barrier(False, TURN_BAR)
+
+
+@gluon.jit
+def _pingpong_end(WG: gl.constexpr, PINGPONG: gl.constexpr):
+    """Named-barrier ping-pong, once per program after the last turn: warpgroup 0 consumes warpgroup 1's last
+    hand-over, so that no barrier is left half-arrived when the program exits."""
+    if PINGPONG == PP_NAMED:
+        if WG == 0:
+            _named_barrier(True, TURN_BAR)
+
+
+@gluon.jit
 def _wait_stage(full, j):
     """Wait until tile j's K and V have landed, then order those generic-proxy writes before our wgmma reads."""
     mbarrier.wait(full.index(j % STAGES), (j // STAGES) & 1)
@@ -313,15 +398,13 @@ def _step(j, g, WG: gl.constexpr, q, k_smem, v_smem, full, empty, turn, L, o, m_
     across work items), which picks the stage and the mbarrier phase."""
     _wait_stage(full, g)
     # ping-pong: issue only in our turn, then hand the tensor cores to the other warpgroup
-    if PINGPONG:
-        mbarrier.wait(turn.index(WG), (j - 1) & 1)
+    _turn_wait(WG, j - 1, turn, PINGPONG)
     s_tok = warpgroup_mma(q, k_smem.index(g % STAGES).permute((1, 0)),
                           gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
     if EARLY_RESCALE:
         o = o * alpha_o[:, None]
     o_tok = warpgroup_mma(p_cur, v_smem.index((g - 1) % STAGES), o, is_async=True)
-    if PINGPONG:
-        mbarrier.arrive(turn.index(1 - WG))
+    _turn_pass(WG, turn, PINGPONG)
 
     s = warpgroup_mma_wait(1, deps=[s_tok])  # the score product retired; P·V keeps running
     p, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, j * BLOCK_N, L, MASKED, BLOCK_N, s_layout)
@@ -341,8 +424,10 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, full, empty, tur
               HAS_Q_ROWS: gl.constexpr, PINGPONG: gl.constexpr, EARLY_RESCALE: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_DIM: gl.constexpr):
     """Rows WG·64 … WG·64 + 63 of the work item's tile: the attention loop and the output store."""
+    _pingpong_start(WG, PINGPONG)
     _attend(WG, 0, 0, q_smem, k_smem, v_smem, q_full, q_full, full, empty, turn, Oh, Q_ROWS, q_start, q_end, L,
             row_base, son, qk_scale, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE, False, BLOCK_N, HEAD_DIM)
+    _pingpong_end(WG, PINGPONG)
 
 
 @gluon.jit
@@ -364,9 +449,14 @@ def _attend(WG: gl.constexpr, g, it, q_smem, k_smem, v_smem, q_full, q_empty, fu
 
     mbarrier.wait(q_full, it & 1)
     _wait_stage(full, g)
-    # Tile 0 (masked: it may be the only, partial, or empty tile), outside the ping-pong.
+    # Tile 0 (masked: it may be the only, partial, or empty tile). Its score product is a turn of the named-barrier
+    # ping-pong (as in FlashAttention-3), outside the mbarrier one (whose phases count the loop's turns only).
+    if PINGPONG == PP_NAMED:
+        _turn_wait(WG, 0, turn, PINGPONG)
     s_tok = warpgroup_mma(q, k_smem.index(g % STAGES).permute((1, 0)),
                           gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
+    if PINGPONG == PP_NAMED:
+        _turn_pass(WG, turn, PINGPONG)
     s = warpgroup_mma_wait(0, deps=[s_tok])
     m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.zeros([WG_ROWS], gl.float32, gl.SliceLayout(1, s_layout))
@@ -388,7 +478,8 @@ def _attend(WG: gl.constexpr, g, it, q_smem, k_smem, v_smem, q_full, q_empty, fu
     if SIGNAL_Q:
         mbarrier.arrive(q_empty)  # every score product of this item has retired: Q may be overwritten
 
-    # Epilogue: O += P·V_{T−1} (its stage was waited for with K_{T−1}; for an empty list P = 0 and V_0 is zeros).
+    # Epilogue: O += P·V_{T−1} (its stage was waited for with K_{T−1}; for an empty list P = 0 and V_0 is zeros),
+    # outside the ping-pong's turns (as FlashAttention-3's last P·V).
     last = g + n_tiles - 1
     if EARLY_RESCALE:
         o = o * alpha_o[:, None]
@@ -412,17 +503,20 @@ def _attend(WG: gl.constexpr, g, it, q_smem, k_smem, v_smem, q_full, q_empty, fu
 def _consumer_persistent(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, item_smem,
                          item_full, O, Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, N_ITEMS,
                          sob, soh, son, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                         HAS_Q_ROWS: gl.constexpr, EARLY_RESCALE: gl.constexpr, DYNAMIC: gl.constexpr):
+                         HAS_Q_ROWS: gl.constexpr, PINGPONG: gl.constexpr, EARLY_RESCALE: gl.constexpr,
+                         DYNAMIC: gl.constexpr):
     """The persistent kernel's consumer warpgroup WG: the producer's sequence of work items (static: the same
-    stride; dynamic: as published in item_smem), one _attend each."""
+    stride; dynamic: as published in item_smem), one _attend each. With the named-barrier ping-pong the turns run
+    on across items: both warpgroups take one turn per key tile of the same items, so they stay in alternation."""
     g = 0  # tiles consumed so far (the ring's sequence)
     it = 0  # work items done so far (q_full / item_full phases)
+    _pingpong_start(WG, PINGPONG)
     if DYNAMIC:
         w = _read_item(item_smem, item_full, it)
         while w < N_ITEMS:
             g = _consume_item(WG, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O, Q_ROWS,
                               Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, sob, soh, son, BLOCK_M,
-                              BLOCK_N, HEAD_DIM, HAS_Q_ROWS, EARLY_RESCALE)
+                              BLOCK_N, HEAD_DIM, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE)
             it += 1
             w = _read_item(item_smem, item_full, it)
     else:
@@ -431,14 +525,15 @@ def _consumer_persistent(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, q_emp
             if blk >= 0:
                 g = _consume_item(WG, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O,
                                   Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, sob, soh, son,
-                                  BLOCK_M, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, EARLY_RESCALE)
+                                  BLOCK_M, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE)
                 it += 1
+    _pingpong_end(WG, PINGPONG)
 
 
 @gluon.jit
 def _consume_item(WG: gl.constexpr, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O, Q_ROWS,
                   Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, sob, soh, son, BLOCK_M: gl.constexpr,
-                  BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_Q_ROWS: gl.constexpr,
+                  BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_Q_ROWS: gl.constexpr, PINGPONG: gl.constexpr,
                   EARLY_RESCALE: gl.constexpr):
     blk = gl.load(WORK_I + w)
     r = gl.load(WORK_R + w)
@@ -449,8 +544,8 @@ def _consume_item(WG: gl.constexpr, w, g, it, q_smem, k_smem, v_smem, q_full, q_
     q_end = gl.load(Q_OFF + bh * (MQ + 1) + blk + 1)
     L = gl.load(LENS + bh * MQ + blk)
     return _attend(WG, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O + b * sob + h * soh,
-                   Q_ROWS, q_start, q_end, L, bh.to(gl.int64) * N, son, qk_scale, HAS_Q_ROWS, False, EARLY_RESCALE, True,
-                   BLOCK_N, HEAD_DIM)
+                   Q_ROWS, q_start, q_end, L, bh.to(gl.int64) * N, son, qk_scale, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE,
+                   True, BLOCK_N, HEAD_DIM)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -526,14 +621,16 @@ def _gluon_ws_persistent_kernel(
     qk_scale, N, H, MQ, SLOTS, N_ITEMS,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_Q_ROWS: gl.constexpr,
-    EARLY_RESCALE: gl.constexpr, DYNAMIC: gl.constexpr,
+    EARLY_RESCALE: gl.constexpr, DYNAMIC: gl.constexpr, PINGPONG: gl.constexpr = 0,
 ):
     """The persistent main pass: about one program per SM, program p runs work items p, p + nprog, … of the
     N_ITEMS (= BH · SLOTS) slots, skipping unused ones (DYNAMIC: each program's producer claims the next slot with
     an atomic increment of COUNTER, a zeroed int32, and hands it to its consumers through shared memory). The K/V ring and its mbarriers run on across items, so the
     producer gathers the next item's first tiles while the consumers finish the current one; Q has one buffer
     guarded by q_full (producer → consumers) and q_empty (consumers → producer, after their last score product).
-    Arguments otherwise as ``_gluon_ws_sparse_attn_fwd_kernel``'s; no ping-pong."""
+    Arguments otherwise as ``_gluon_ws_sparse_attn_fwd_kernel``'s; PINGPONG: off (0) or the named-barrier ping-pong
+    (PP_NAMED), whose turns run on across items (the mbarrier one is not implemented here)."""
+    gl.static_assert((PINGPONG == PP_OFF) | (PINGPONG == PP_NAMED), "persistent: no ping-pong or named barriers")
     gl.static_assert(BLOCK_M == 2 * WG_ROWS, "two consumer warpgroups of 64 rows")
     gl.static_assert(gl.num_warps() == 4, "launch with num_warps=4")
     dtype: gl.constexpr = Q.dtype.element_ty
@@ -546,7 +643,7 @@ def _gluon_ws_persistent_kernel(
     q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # unused (no ping-pong)
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # unused (no mbarrier ping-pong)
     item_smem = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     item_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(item_full.index(0), count=1)
@@ -562,10 +659,12 @@ def _gluon_ws_persistent_kernel(
     gl.warp_specialize(
         [(_consumer_persistent, (0, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, item_smem, item_full,
                                  O, Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, N_ITEMS, sob, soh,
-                                 son, BLOCK_M, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, EARLY_RESCALE, DYNAMIC)),
+                                 son, BLOCK_M, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE,
+                                 DYNAMIC)),
          (_consumer_persistent, (1, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, item_smem, item_full,
                                  O, Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, N_ITEMS, sob, soh,
-                                 son, BLOCK_M, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, EARLY_RESCALE, DYNAMIC)),
+                                 son, BLOCK_M, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE,
+                                 DYNAMIC)),
          (_producer_persistent, (q_smem, k_smem, v_smem, q_full, q_empty, full, empty, item_smem, item_full, Q, K, V,
                                  Q_ROWS, Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, COUNTER, N, H, MQ, SLOTS,
                                  N_ITEMS, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, BLOCK_M, BLOCK_N, HEAD_DIM,
@@ -584,17 +683,25 @@ class GluonWSBlockSparse(GluonBlockSparse):
     """Kernel ``gluon`` with a warp-specialised main pass (a producer partition gathering K/V, two consumer
     warpgroups; see the module docstring). Same requirements: an sm_90 GPU, bf16/fp16, head dim 64 or 128,
     ``block_m`` 128, ``block_n`` 64 or 128; the tail pass is kernel ``triton``'s. ``pingpong``: the two consumer
-    warpgroups issue their products in strict alternation (default off: each issues as soon as its data is there,
-    measured 7% faster on one dense block); ``early_rescale``: O is rescaled under the score product
-    (FlashAttention-3's order, default) instead of after the P·V product; ``persistent``: about one program per SM
-    looping over work items, the producer running ahead into the next item (default; measured 5–6% faster, see the
-    module docstring), otherwise one program per work item; ``dynamic``: the persistent programs claim work items
-    through an atomic counter (default) instead of a static stride. ``pingpong`` implies one program per item."""
+    warpgroups issue their products in strict alternation (see below); ``early_rescale``: O is rescaled under the
+    score product (FlashAttention-3's order, default) instead of after the P·V product; ``persistent``: about one
+    program per SM looping over work items, the producer running ahead into the next item (default; measured 5–6%
+    faster, see the module docstring), otherwise one program per work item; ``dynamic``: the persistent programs
+    claim work items through an atomic counter (default) instead of a static stride. ``pingpong="named"`` (default) hands the turns
+    over through hardware named barriers (bar.sync / bar.arrive, FlashAttention-3's warp-scheduler barriers), in
+    either kernel (measured 2–3% faster than free-running on one dense block, within ±1% on k-means layouts);
+    ``pingpong=True`` hands them over through mbarriers and implies one program per item; ``pingpong=False``: the
+    warpgroups issue as soon as their data is there."""
 
-    pingpong: bool = False
+    pingpong: bool | str = "named"
     early_rescale: bool = True
     persistent: bool = True
     dynamic: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pingpong not in (False, True, "named"):
+            raise ValueError(f"pingpong must be False, True or 'named', got {self.pingpong!r}")
 
     def run(self, plan: TritonPlan, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         reasons = self.why_unsupported(q, k, v)
@@ -610,7 +717,8 @@ class GluonWSBlockSparse(GluonBlockSparse):
         items = main.block.numel()
         if items == 0:
             return out
-        if self.persistent and not self.pingpong:
+        pingpong = _PINGPONG[self.pingpong]
+        if self.persistent and pingpong != PP_MBARRIER:
             _gluon_ws_persistent_kernel[(min(items, _sm_count(q.device)),)](
                 q, k, v, out, q_rows if q_rows is not None else main.block,
                 plan.q_off, plan.lens, plan.list_off, plan.lists, main.block, main.row_tile,
@@ -618,7 +726,7 @@ class GluonWSBlockSparse(GluonBlockSparse):
                 LOG2E / math.sqrt(d), n, h, plan.num_q_blocks, main.slots, items,
                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
                 BLOCK_M=main.block_m, BLOCK_N=main.block_n, HEAD_DIM=d, HAS_Q_ROWS=q_rows is not None,
-                EARLY_RESCALE=self.early_rescale, DYNAMIC=self.dynamic, num_warps=4,
+                EARLY_RESCALE=self.early_rescale, DYNAMIC=self.dynamic, PINGPONG=pingpong, num_warps=4,
             )
             return out
         _gluon_ws_sparse_attn_fwd_kernel[(items,)](
@@ -627,17 +735,18 @@ class GluonWSBlockSparse(GluonBlockSparse):
             LOG2E / math.sqrt(d), n, h, plan.num_q_blocks, main.slots,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
             BLOCK_M=main.block_m, BLOCK_N=main.block_n, HEAD_DIM=d, HAS_Q_ROWS=q_rows is not None,
-            PINGPONG=self.pingpong, EARLY_RESCALE=self.early_rescale, num_warps=4,
+            PINGPONG=pingpong, EARLY_RESCALE=self.early_rescale, num_warps=4,
         )
         return out
 
 
 def compile_sm90(head_dim: int = 128, block_n: int = 128, dtype: str = "bf16", has_q_rows: bool = True,
-                 pingpong: bool = False, early_rescale: bool = True, persistent: bool = False,
+                 pingpong: bool | str = False, early_rescale: bool = True, persistent: bool = False,
                  dynamic: bool = True):
     """Compile the main-pass kernel for sm_90 without a GPU (for inspection and the CPU test); as kernel
-    ``gluon``'s ``compile_sm90``: ``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata.shared``. ``persistent``: the
-    persistent kernel (``pingpong`` must then be off), ``dynamic``: its atomic-counter schedule."""
+    ``gluon``'s ``compile_sm90``: ``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata.shared``. ``pingpong``: as the
+    class's option; ``persistent``: the persistent kernel (``pingpong`` must then be off or ``"named"``),
+    ``dynamic``: its atomic-counter schedule."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -655,19 +764,22 @@ def compile_sm90(head_dim: int = 128, block_n: int = 128, dtype: str = "bf16", h
     constexprs = {"BLOCK_M": 128, "BLOCK_N": block_n, "HEAD_DIM": head_dim, "HAS_Q_ROWS": has_q_rows,
                   "EARLY_RESCALE": early_rescale}
     if persistent:
-        assert not pingpong, "the persistent kernel has no ping-pong"
+        assert _PINGPONG[pingpong] != PP_MBARRIER, "the persistent kernel has no mbarrier ping-pong"
         kernel = _gluon_ws_persistent_kernel
         signature["DYNAMIC"] = "constexpr"
         constexprs["DYNAMIC"] = dynamic
     else:
         kernel = _gluon_ws_sparse_attn_fwd_kernel
-        signature["PINGPONG"] = "constexpr"
-        constexprs["PINGPONG"] = pingpong
+    signature["PINGPONG"] = "constexpr"
+    constexprs["PINGPONG"] = _PINGPONG[pingpong]
     # as the launcher specialises them: pointers 16-byte aligned, strides (multiples of D) divisible by 16
     aligned = [i for i, name in enumerate(names) if types[i].startswith("*") or name[0] == "s" and name != "SLOTS"]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = GluonASTSource(kernel, signature=signature, attrs=attrs, constexprs=constexprs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+
+
+_PINGPONG = {False: PP_OFF.value, True: PP_MBARRIER.value, "named": PP_NAMED.value}  # option → PINGPONG constexpr
 
 
 def _sm_count(device) -> int:

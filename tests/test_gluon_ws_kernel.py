@@ -6,12 +6,14 @@ specialisation (setmaxnreg lowering the producer's registers and raising the con
 (try_wait, cp.async completing on an mbarrier with .noinc), the proxy fence before the wgmma reads of cp.async-written
 tiles, asynchronous wgmma with one product left in flight, and ptxas must report no spills; for the one-program-per-
 item kernel and the persistent one (its q_empty and item_full barriers, the atomic work-item counter of its dynamic
-schedule or the strided loop of its static one). With an sm_90 GPU: the
+schedule or the strided loop of its static one), and with pingpong="named" the turn barriers (bar.sync / bar.arrive
+of 256 threads, ids Triton does not use, each right before / after a warpgroup's product issue). With an sm_90 GPU: the
 kernel against the PyTorch reference on random layouts with empty blocks, one-token blocks, one block holding every
 token, N not a multiple of the tile, query blocks selecting one / every / no key block, strided inputs, bf16 and
 fp16, head dim 64 and 128, key tiles of 64 and 128, all three permutation modes; each comparison prints
 ‖out − ref‖/‖ref‖. The persistent kernel (the default) must equal the one-program-per-item kernel bit for bit with
-1, 7 or SM-count programs under both schedules, and capture in a CUDA graph.
+1, 7 or SM-count programs under both schedules, and capture in a CUDA graph; the named-barrier ping-pong must equal
+the free-running warpgroups bit for bit.
 """
 from __future__ import annotations
 
@@ -47,21 +49,56 @@ needs_hopper = pytest.mark.skipif(not _hopper(), reason="needs a compute-capabil
 # compile checks (CPU)
 # ----------------------------------------------------------------------------------------------------------------
 # (D, block_n, dtype, q_rows, schedule): one program per work item, or the persistent kernel with its dynamic
-# (atomic counter) or static (strided) schedule
+# (atomic counter) or static (strided) schedule; "+named": the ping-pong through named barriers (pingpong="named")
 VARIANTS = [(128, 128, "bf16", True, "one"), (128, 128, "fp16", False, "one"), (64, 128, "bf16", True, "one"),
             (128, 64, "bf16", False, "one"), (128, 128, "bf16", True, "dynamic"), (128, 128, "fp16", False, "dynamic"),
             (64, 128, "bf16", True, "dynamic"), (128, 64, "bf16", False, "dynamic"), (128, 128, "bf16", True, "static"),
-            (128, 64, "bf16", False, "static")]
+            (128, 64, "bf16", False, "static"), (128, 128, "bf16", True, "dynamic+named"),
+            (128, 64, "bf16", False, "dynamic+named"), (64, 128, "bf16", True, "static+named"),
+            (128, 128, "bf16", True, "one+named")]
 
 def _name(head_dim, block_n, dtype, q_rows, schedule) -> str:
-    return f"{head_dim}_{block_n}_{dtype}_{int(q_rows)}_{schedule}"
+    return f"{head_dim}_{block_n}_{dtype}_{int(q_rows)}_{schedule.replace('+', '_')}"
 
 
 @pytest.fixture(scope="module")
 def compiled(compile_sm90):
     return compile_sm90("sparseattn.kernels.gluon_ws_attention", {
-        _name(*v): dict(head_dim=v[0], block_n=v[1], dtype=v[2], has_q_rows=v[3], persistent=v[4] != "one",
-                        dynamic=v[4] == "dynamic") for v in VARIANTS})
+        _name(*v): dict(head_dim=v[0], block_n=v[1], dtype=v[2], has_q_rows=v[3],
+                        persistent=not v[4].startswith("one"), dynamic=v[4].startswith("dynamic"),
+                        pingpong="named" if v[4].endswith("+named") else False) for v in VARIANTS})
+
+
+def _check_named_barriers(ptx: str, named: bool) -> None:
+    """The named-barrier ping-pong: warpgroup w waits on barrier 8 + w (bar.sync, 256 threads: its own and the other
+    warpgroup's bar.arrive) right before issuing its products and arrives on the other's right after; Triton's own
+    barriers (bar.sync id, 128 per partition; barrier.sync 1 around warp_specialize) use other ids."""
+    own = {int(i) for i in re.findall(r"\bbar(?:rier)?\.(?:sync|arrive)\s+(\d+)(?:, (?:128|\d{1,2}))?;", ptx)}
+    turns = re.findall(r"(@%p\d+ )?bar\.(sync|arrive) (\d+), 256;", ptx)
+    if not named:
+        assert not turns, turns
+        return
+    assert not own & {8, 9}, f"Triton uses the turn barriers' ids itself: {sorted(own)}"
+    assert not any(pred for pred, _, _ in turns), "a predicated turn barrier: not every thread executes it"
+    assert {(op, int(i)) for _, op, i in turns} == {("sync", 8), ("sync", 9), ("arrive", 8), ("arrive", 9)}, turns
+    # one barrier instruction per inline-asm block (the block runs once per thread: one element per thread)
+    for block in re.findall(r"// begin inline asm(.*?)// end inline asm", ptx, re.S):
+        assert len(re.findall(r"\bbar\.(?:sync|arrive) \d+, 256;", block)) <= 1, block
+    # order against the wgmma instructions: a wait comes right before a product issue (wgmma.fence) or at the end
+    # (warpgroup 0 consumes warpgroup 1's last hand-over before the partitions join), an arrive right after the
+    # issue (commit_group) and before the wait for the products
+    found = re.findall(r"bar\.sync \d+, 256|bar\.arrive \d+, 256|wgmma\.fence|wgmma\.commit_group|wgmma\.wait_group|"
+                       r"barrier\.sync\s+1;", ptx)
+    events = [re.sub(r"\s+", " ", e) for e in found]
+    for i, e in enumerate(events):
+        if e.startswith("bar.sync"):
+            assert events[i + 1] in ("wgmma.fence", "barrier.sync 1;"), events[i:i + 3]
+        elif e.startswith("bar.arrive"):
+            after = events[i + 1] if i + 1 < len(events) else None
+            if i > 0 and events[i - 1] == "wgmma.commit_group":
+                assert after == "wgmma.wait_group", events[i - 1:i + 2]
+            else:  # warpgroup 1's first arrival (warpgroup 0 goes first), before any product
+                assert events[i - 1].startswith("barrier.sync"), events[i - 1:i + 2]
 
 
 @pytest.mark.parametrize("head_dim,block_n,dtype,q_rows,schedule", VARIANTS)
@@ -84,6 +121,8 @@ def test_compiles_warp_specialised_without_spills(compiled, ptxas, head_dim, blo
     assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 0x10", ptx), "no 16-byte cp.async"
     assert shared[name] <= 232448, shared[name]  # H100/H200 opt-in limit per block
     inits = re.findall(r"mbarrier\.init\.shared(?:::cta)?\.b64 \[[^]]+\], (\d+);", ptx)
+    _check_named_barriers(ptx, schedule.endswith("+named"))
+    schedule = schedule.split("+")[0]
     if schedule == "one":
         assert sorted(inits) == sorted(["128"] * 4 + ["2"] * 3 + ["1"] * 2), inits  # q_full, full ×3, empty ×3, turn
     else:
@@ -104,6 +143,8 @@ def test_registered_and_reasons_off_hopper():
     assert get("kernel", "gluon_ws") is GluonWSBlockSparse
     with pytest.raises(ValueError):
         GluonWSBlockSparse(block_m=64)
+    with pytest.raises(ValueError):
+        GluonWSBlockSparse(pingpong="bar")
     q = torch.zeros(1, 1, 8, 128, dtype=torch.float32)
     reasons = GluonWSBlockSparse().why_unsupported(q, q, q)
     assert any("CUDA" in r for r in reasons) or any("interpreter" in r for r in reasons), reasons
@@ -269,6 +310,31 @@ def test_persistent_equals_one_program_per_item(case, programs, dynamic, monkeyp
 
 
 @needs_hopper
+@pytest.mark.parametrize("persistent,dynamic,programs", [(True, True, 1), (True, True, 7), (True, True, None),
+                                                         (True, False, 7), (True, False, None), (False, True, None)])
+@pytest.mark.parametrize("case", ["many work items (several per program)", "clusters, some empty, N % 128 ≠ 0",
+                                  "batch 2, long lists"])
+def test_named_pingpong_equals_free_running(case, persistent, dynamic, programs, monkeypatch):
+    """The ping-pong through named barriers (pingpong="named": the warpgroups' products in strict alternation, the
+    turns running on across the persistent kernel's items, empty lists and partial tiles included) changes only
+    when products are issued, not the arithmetic: the same output bit for bit."""
+    import sparseattn.kernels.gluon_ws_attention as module
+
+    if programs is not None:
+        monkeypatch.setattr(module, "_sm_count", lambda device: programs)
+    gen, (b, h, n, d), q_sizes, k_sizes, selected = _random_case(case)
+    q, k, v = _qkv(gen, b, h, n, d, torch.bfloat16)
+    layout = _layout(q_sizes, k_sizes, d)
+    mask = BlockMask(selected.cuda())
+    ours = _check(q, k, v, layout, mask, torch.bfloat16, f"{case}, {programs or 'SM count'} programs",
+                  pingpong="named", persistent=persistent, dynamic=dynamic)
+    theirs = _through(GluonWSBlockSparse(pingpong=False, persistent=persistent, dynamic=dynamic), q, k, v, layout,
+                      mask)
+    print(f"  named ping-pong vs free-running: bit-identical {torch.equal(ours, theirs)}")
+    assert torch.equal(ours, theirs)
+
+
+@needs_hopper
 @pytest.mark.parametrize("dynamic", [True, False])
 def test_persistent_captures_in_a_cuda_graph(dynamic):
     """No host synchronisation: the persistent call (its work-item counter zeroed in the graph) captures in a CUDA
@@ -296,10 +362,12 @@ def test_persistent_captures_in_a_cuda_graph(dynamic):
 
 @needs_hopper
 @pytest.mark.parametrize("n", [129, 3001])
-@pytest.mark.parametrize("pingpong,early_rescale", [(True, True), (True, False), (False, False)])
+@pytest.mark.parametrize("pingpong,early_rescale", [(True, True), (True, False), (False, False), ("named", True),
+                                                    ("named", False)])
 def test_scheduling_options(n, pingpong, early_rescale):
-    """The consumer warpgroups alternating their products (pingpong) or not, O rescaled under the score product
-    (early_rescale) or after the P·V product: the same attention."""
+    """The consumer warpgroups alternating their products (pingpong: turns through mbarriers, one program per item,
+    or through named barriers, persistent) or not, O rescaled under the score product (early_rescale) or after the
+    P·V product: the same attention."""
     gen = torch.Generator().manual_seed(n)
     q, k, v = _qkv(gen, 1, 2, n, 128, torch.bfloat16)
     q_sizes = torch.stack([_sizes(gen, n, 5, 0.2, one_token=True) for _ in range(2)]).reshape(1, 2, 5)
