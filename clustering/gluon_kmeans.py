@@ -37,18 +37,11 @@ H100, Wan shape (benchmarks/results/h100-2026-11-27-s4-kmeans-persistent-run2.lo
 for 300 clusters and 2.00 → 1.92 ms for 1,000; rereading x from L2 for the atomics instead of keeping it in registers
 was slower (1.00, 2.08–2.15 ms).
 
-‖c‖² by the tensor cores (``CSQ_MMA``, ``TritonKMeans(_csq_mma=True)``, bf16 only; off by default): a second wgmma
-chained onto each tile's product adds x_aug·c_augᵀ with K = 16, x_aug = [1, 1, 1, 0, …] (a constant tile in shared
-memory, written once per program) and c_aug = [hi, mid, lo, 0, …], ‖c‖² split into three bf16 parts by the
-update/prepare kernels (a [G, cdiv(C, 64)·64, 16] buffer; the padding rows of a partial last tile hold 1e38), copied
-into the ring with each centroid tile. The fold is then pack (one inline LOP3, right after the wait: it moves the
-tile out of the accumulator registers) + min. SASS: product loop 437 → 304 instructions per tile per thread
-persistent (453 → 285 one item per program), no FADD and no ‖c‖² loads; +2 HGMMA per tile (12.5% more tensor-core
-work); the persistent kernel spills ~52 bytes of per-item values outside the product loop. Labels: identical to the
-FADD fold on every CUDA test and at the Wan shape (0 of 3.0 M points differ). Not faster on an H100 (Wan shape,
-benchmarks/results/h100-2026-11-27-s4-kmeans-csq-mma-bench.log, 4 interleaved rounds): assign 0.943 → 0.951 ms per
-launch for 300 clusters, 1.960 → 2.006 ms for 1,000 (rounds 1.90–2.14, noise ±5%); marginal iteration 0.98 → 1.01
-and 2.09 → 2.04 ms. So the loop is not bound by its instruction issue: a third fewer instructions changed nothing.
+Tried and removed (commit db24811, benchmarks/results/h100-2026-11-27-s4-kmeans-csq-mma-bench.log): ‖c‖² added by the
+tensor cores (a chained K = 16 wgmma of [1, 1, 1, 0, …] against ‖c‖² split into three bf16 parts) instead of one add
+per distance. The product loop fell from 437 to 304 instructions per tile and the labels were identical, but the
+assignment was no faster (1,000 clusters 1.96 vs 2.01 ms, 300: 0.943 vs 0.951 ms on an H100): the loop is not bound
+by instruction issue.
 """
 from __future__ import annotations
 
@@ -62,44 +55,29 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 STAGES = gl.constexpr(4)  # centroid-tile ring; the schedule above needs exactly four
-AUG = gl.constexpr(16)  # CSQ_MMA: K of the ‖c‖² product (the smallest bf16 wgmma K): columns hi, mid, lo, 0, …
 
 
 @gluon.jit
-def _copy_tile(dst, c_base, t, crow, cols, C, dsta, a_base, arow, acols, C_AUG, BLOCK_C: gl.constexpr,
-               BLOCK_D: gl.constexpr, CSQ_MMA: gl.constexpr):
-    """cp.async centroid tile t (rows t·BLOCK_C …) of the padded operand copy into dst; rows ≥ C are zero-filled.
-    CSQ_MMA: also its rows of the ‖c‖² operand (C_AUG = cdiv(C, BLOCK_C)·BLOCK_C rows a group, the padding rows
-    hold a huge ‖c‖², so the zero-filled centroids never win) into dsta."""
+def _copy_tile(dst, c_base, t, crow, cols, C, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr):
+    """cp.async centroid tile t (rows t·BLOCK_C …) of the padded operand copy into dst; rows ≥ C are zero-filled."""
     cen = t * BLOCK_C + crow
     async_copy.async_copy_global_to_shared(dst, c_base + cen[:, None] * BLOCK_D + cols[None, :],
                                            mask=(cen < C)[:, None])
-    if CSQ_MMA:
-        a_ptr = a_base + t * (BLOCK_C * AUG) + (arow * AUG)[:, None] + acols[None, :]
-        async_copy.async_copy_global_to_shared(dsta, a_ptr, mask=(arow < C_AUG - t * BLOCK_C)[:, None])
 
 
 @gluon.jit
-def _issue_item(x_smem, c_smem, ca_smem, X, CD, CSQA, g, p, N, C, sxg, sxn, z, ld_layout: gl.constexpr,
-                BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr, CSQ_MMA: gl.constexpr):
+def _issue_item(x_smem, c_smem, X, CD, g, p, N, C, sxg, sxn, z, ld_layout: gl.constexpr, BLOCK_P: gl.constexpr,
+                BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr):
     """cp.async the points of work item (group g, point tile p) and its centroid tiles 0, 1, 2 into stages 0, 1, 2:
-    copy groups {x, C_0}, {C_1}, {C_2} (with CSQ_MMA each with its ‖c‖² operand tile)."""
+    copy groups {x, C_0}, {C_1}, {C_2}."""
     rows = p * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, ld_layout)) + z
     cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, ld_layout))
     crow = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(1, ld_layout)) + z
-    # the [BLOCK_C, AUG] ‖c‖² operand tiles: two 16-byte cp.async a row
-    a_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // (AUG // 8), AUG // 8],
-                                             warps_per_cta=[gl.num_warps(), 1], order=[1, 0])
-    arow = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(1, a_layout)) + z
-    acols = gl.arange(0, AUG, layout=gl.SliceLayout(0, a_layout))
     x_ptr = X + g * sxg + rows[:, None].to(gl.int64) * sxn + cols[None, :]
     async_copy.async_copy_global_to_shared(x_smem, x_ptr, mask=(rows < N)[:, None])
     c_base = CD + g * C * BLOCK_D
-    C_AUG = gl.cdiv(C, BLOCK_C) * BLOCK_C
-    a_base = CSQA + g * C_AUG * AUG
     for t0 in gl.static_range(3):
-        _copy_tile(c_smem.index(t0), c_base, t0, crow, cols, C, ca_smem.index(t0), a_base, arow, acols, C_AUG,
-                   BLOCK_C, BLOCK_D, CSQ_MMA)
+        _copy_tile(c_smem.index(t0), c_base, t0, crow, cols, C, BLOCK_C, BLOCK_D)
         async_copy.commit_group()
 
 
@@ -113,101 +91,52 @@ def _opaque_zero(w):
 
 
 @gluon.jit
-def _pack(dist, t, TILE_BITS: gl.constexpr, ASM: gl.constexpr = False):
-    """The distances of tile t with the tile number in their TILE_BITS low bits. ASM: one inline LOP3 each (right
-    after a product's wait, ptxas otherwise splits it into an AND and an OR)."""
-    bits = dist.to(gl.int32, bitcast=True)
-    if ASM:
-        packed = gl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,r,r",
-                                           [bits, gl.full_like(bits, ~((1 << TILE_BITS) - 1)), gl.full_like(bits, t)],
-                                           dtype=gl.int32, is_pure=True, pack=1)
-    else:
-        packed = (bits & ~((1 << TILE_BITS) - 1)) | t
-    return packed.to(gl.float32, bitcast=True)
-
-
-@gluon.jit
 def _fold_tile(best, s, csq, t, FOLD: gl.constexpr, TILE_BITS: gl.constexpr):
     """best = min(best, packed distances of tile t): the tile number replaces the TILE_BITS low bits."""
     if FOLD:  # the operand copy holds −2c: x·(−2c) + ‖c‖²
         dist = s + csq[None, :]
     else:  # float16 keeps c: ‖c‖² − 2·x·c
         dist = csq[None, :] - 2.0 * s
-    return gl.minimum(best, _pack(dist, t, TILE_BITS))
+    bits = dist.to(gl.int32, bitcast=True)
+    packed = ((bits & ~((1 << TILE_BITS) - 1)) | t).to(gl.float32, bitcast=True)
+    return gl.minimum(best, packed)
 
 
 @gluon.jit
-def _product(x_smem, c_stage, xa_smem, ca_stage, zeros, CSQ_MMA: gl.constexpr):
-    """Issue S = x·cᵀ of one centroid tile (async); CSQ_MMA: chained with + x_aug·c_augᵀ = hi + mid + lo = ‖c‖²."""
-    tok = warpgroup_mma(x_smem, c_stage.permute((1, 0)), zeros, use_acc=False, is_async=True)
-    if CSQ_MMA:
-        tok = warpgroup_mma(xa_smem, ca_stage.permute((1, 0)), tok, use_acc=True, is_async=True)
-    return tok
-
-
-@gluon.jit
-def _products(x_smem, c_smem, xa_smem, ca_smem, CD, CSQ, CSQA, g, C, z, ld_layout: gl.constexpr,
-              acc_layout: gl.constexpr, FOLD: gl.constexpr, TILE_BITS: gl.constexpr, BLOCK_P: gl.constexpr,
-              BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr, CSQ_MMA: gl.constexpr):
+def _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout: gl.constexpr, acc_layout: gl.constexpr, FOLD: gl.constexpr,
+              TILE_BITS: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr):
     """The running packed minimum per (point, column slot) over all centroid tiles of group g, for the points in
     x_smem (copied by ``_issue_item``, three copy groups outstanding). Returns with every copy landed and every
     product retired (this warp's: a barrier makes the shared memory free for the next item)."""
     far: gl.constexpr = 1.0e38  # finite: inf with tile bits set would be a NaN
     cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, ld_layout))
     crow = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(1, ld_layout)) + z
-    # the [BLOCK_C, AUG] ‖c‖² operand tiles: two 16-byte cp.async a row
-    a_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // (AUG // 8), AUG // 8],
-                                             warps_per_cta=[gl.num_warps(), 1], order=[1, 0])
-    arow = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(1, a_layout)) + z
-    acols = gl.arange(0, AUG, layout=gl.SliceLayout(0, a_layout))
     slots = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, acc_layout)) + z
     zeros = gl.zeros([BLOCK_P, BLOCK_C], gl.float32, acc_layout)
     c_base = CD + g * C * BLOCK_D
-    C_AUG = gl.cdiv(C, BLOCK_C) * BLOCK_C
-    a_base = CSQA + g * C_AUG * AUG
     n_tiles = gl.cdiv(C, BLOCK_C)
     async_copy.wait_group(2)  # x and C_0 landed
     fence_async_shared()
     gl.thread_barrier()
-    tok = _product(x_smem, c_smem.index(0), xa_smem, ca_smem.index(0), zeros, CSQ_MMA)
+    tok = warpgroup_mma(x_smem, c_smem.index(0).permute((1, 0)), zeros, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=[tok])
+    csq = gl.load(CSQ + g * C + slots, mask=slots < C, other=far)
     best = gl.full_like(zeros, float("inf"))
-    if CSQ_MMA:
-        # s is the distance. Packed right after the wait: the packing moves the tile out of the accumulator
-        # registers the next product writes (ptxas otherwise copies it, 64 moves a tile), only the min runs under
-        # the next product.
-        packed = _pack(s, 0, TILE_BITS, True)
-        for t in range(0, n_tiles - 1):
-            async_copy.wait_group(1)  # tile t+1 landed (t+2 may still be in flight)
-            fence_async_shared()
-            gl.thread_barrier()  # also: every warp is past S_{t-1}, so its stage can take tile t+3
-            _copy_tile(c_smem.index((t + 3) % STAGES), c_base, t + 3, crow, cols, C,
-                       ca_smem.index((t + 3) % STAGES), a_base, arow, acols, C_AUG, BLOCK_C, BLOCK_D, CSQ_MMA)
-            async_copy.commit_group()
-            tok = _product(x_smem, c_smem.index((t + 1) % STAGES), xa_smem, ca_smem.index((t + 1) % STAGES), zeros,
-                           CSQ_MMA)
-            best = gl.minimum(best, packed)
-            s = warpgroup_mma_wait(0, deps=[tok])
-            packed = _pack(s, t + 1, TILE_BITS, True)
-        best = gl.minimum(best, packed)
-    else:
-        csq = gl.load(CSQ + g * C + slots, mask=slots < C, other=far)
-        for t in range(0, n_tiles - 1):
-            async_copy.wait_group(1)  # tile t+1 landed (t+2 may still be in flight)
-            fence_async_shared()
-            gl.thread_barrier()  # also: every warp is past S_{t-1}, so its stage can take tile t+3
-            _copy_tile(c_smem.index((t + 3) % STAGES), c_base, t + 3, crow, cols, C,
-                       ca_smem.index((t + 3) % STAGES), a_base, arow, acols, C_AUG, BLOCK_C, BLOCK_D, CSQ_MMA)
-            async_copy.commit_group()
-            # issued only now that S_t has retired (C7514/C7515 in the module docstring); S_t is folded under it
-            tok = _product(x_smem, c_smem.index((t + 1) % STAGES), xa_smem, ca_smem.index((t + 1) % STAGES), zeros,
-                           CSQ_MMA)
-            cen = (t + 1) * BLOCK_C + slots
-            csq_next = gl.load(CSQ + g * C + cen, mask=cen < C, other=far)
-            best = _fold_tile(best, s, csq, t, FOLD, TILE_BITS)
-            s = warpgroup_mma_wait(0, deps=[tok])
-            csq = csq_next
-        best = _fold_tile(best, s, csq, n_tiles - 1, FOLD, TILE_BITS)
+    for t in range(0, n_tiles - 1):
+        async_copy.wait_group(1)  # tile t+1 landed (t+2 may still be in flight)
+        fence_async_shared()
+        gl.thread_barrier()  # also: every warp is past S_{t-1}, so its stage can take tile t+3
+        _copy_tile(c_smem.index((t + 3) % STAGES), c_base, t + 3, crow, cols, C, BLOCK_C, BLOCK_D)
+        async_copy.commit_group()
+        # issued only now that S_t has retired (C7514/C7515 in the module docstring); S_t is folded under it
+        tok = warpgroup_mma(x_smem, c_smem.index((t + 1) % STAGES).permute((1, 0)), zeros, use_acc=False,
+                            is_async=True)
+        cen = (t + 1) * BLOCK_C + slots
+        csq_next = gl.load(CSQ + g * C + cen, mask=cen < C, other=far)
+        best = _fold_tile(best, s, csq, t, FOLD, TILE_BITS)
+        s = warpgroup_mma_wait(0, deps=[tok])
+        csq = csq_next
+    best = _fold_tile(best, s, csq, n_tiles - 1, FOLD, TILE_BITS)
     async_copy.wait_group(0)  # copies of tiles past the end (all masked) land before the stages are reused
     return best
 
@@ -249,17 +178,15 @@ def _scatter(SUMS, COUNTS, x, best_idx, g, p, N, C, G, z, BLOCK_P: gl.constexpr,
 
 @gluon.jit
 def _gluon_assign_kernel(
-    X, CD, CSQ, CSQA, LABELS, SUMS, COUNTS, SHIFT,
+    X, CD, CSQ, LABELS, SUMS, COUNTS, SHIFT,
     it, tol, N, C, G, sxg, sxn,
     BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr, MAX_IT: gl.constexpr,
     USE_TOL: gl.constexpr, TILE_BITS: gl.constexpr, FOLD: gl.constexpr, ACCUMULATE: gl.constexpr,
-    COPIES: gl.constexpr = 1, PERSISTENT: gl.constexpr = False, CSQ_MMA: gl.constexpr = False,
+    COPIES: gl.constexpr = 1, PERSISTENT: gl.constexpr = False,
 ):
     """Arguments as ``_assign_kernel`` (triton_kmeans.py) with D = BLOCK_D (rows of 16-byte copies, so no column
     mask) and G the number of groups; X and CD share the operand dtype (bf16 or float16). PERSISTENT: a 1-D grid of
-    programs striding over the work items (group-major); else grid (cdiv(N, BLOCK_P), G), one item per program.
-    CSQ_MMA (needs FOLD): ‖c‖² is added by a second wgmma from CSQA ([G, cdiv(C, BLOCK_C)·BLOCK_C, AUG] in the
-    operand dtype: hi, mid, lo, 0, …; padding rows huge), not from CSQ (then unused)."""
+    programs striding over the work items (group-major); else grid (cdiv(N, BLOCK_P), G), one item per program."""
     gl.static_assert(TILE_BITS > 0, "packed argmin only")
     NW: gl.constexpr = gl.num_warps()
     dtype: gl.constexpr = CD.dtype.element_ty
@@ -273,9 +200,6 @@ def _gluon_assign_kernel(
                                                 warps_per_cta=[NW, 1], order=[1, 0])
     smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128 if BLOCK_D * 2 >= 128 else BLOCK_D * 2,
                                                      element_bitwidth=16, rank=2)
-    aug_smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=AUG * 2, element_bitwidth=16, rank=2)
-    if CSQ_MMA:
-        gl.static_assert(FOLD, "CSQ_MMA adds ‖c‖² to x·(−2c): needs the folded operand copy")
 
     skip = False
     if USE_TOL:  # the device-side stop test: an earlier round's largest shift was below tol
@@ -285,17 +209,6 @@ def _gluon_assign_kernel(
     if not skip:
         x_smem = gl.allocate_shared_memory(dtype, [BLOCK_P, BLOCK_D], smem_layout)
         c_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_C, BLOCK_D], smem_layout)
-        if CSQ_MMA:
-            # x_aug = [1, 1, 1, 0, …] for every point, written once (the first product's fence and barrier order it
-            # before the tensor cores read it); the ring's stages hold each centroid tile's [hi, mid, lo, 0, …]
-            xa_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (AUG // 8), AUG // 8], [NW, 1], [1, 0])
-            ones = gl.where(gl.arange(0, AUG, layout=gl.SliceLayout(0, xa_layout)) < 3, 1.0, 0.0)
-            xa = gl.zeros([BLOCK_P, AUG], gl.float32, xa_layout) + ones[None, :]
-            xa_smem = gl.allocate_shared_memory(dtype, [BLOCK_P, AUG], aug_smem_layout, xa.to(dtype))
-            ca_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_C, AUG], aug_smem_layout)
-        else:
-            xa_smem = x_smem  # unused
-            ca_smem = c_smem
         if PERSISTENT:
             # Work item w: group w // tiles, point tile w % tiles; program i takes items i, i + programs, … Items
             # that run at the same time are neighbours, so mostly one group's centroids are read (an L2 hit).
@@ -304,21 +217,21 @@ def _gluon_assign_kernel(
             step = gl.num_programs(0)
             first = gl.program_id(0)
             if first < items:
-                _issue_item(x_smem, c_smem, ca_smem, X, CD, CSQA, (first // tiles).to(gl.int64), first % tiles, N, C,
-                            sxg, sxn, 0, ld_layout, BLOCK_P, BLOCK_C, BLOCK_D, CSQ_MMA)
+                _issue_item(x_smem, c_smem, X, CD, (first // tiles).to(gl.int64), first % tiles, N, C, sxg, sxn, 0,
+                            ld_layout, BLOCK_P, BLOCK_C, BLOCK_D)
             for w in range(first, items, step):
                 g = (w // tiles).to(gl.int64)
                 p = w % tiles
                 z = _opaque_zero(w)  # keeps the item's index arithmetic inside the loop (see _opaque_zero)
-                best = _products(x_smem, c_smem, xa_smem, ca_smem, CD, CSQ, CSQA, g, C, z, ld_layout, acc_layout,
-                                 FOLD, TILE_BITS, BLOCK_P, BLOCK_C, BLOCK_D, CSQ_MMA)
+                best = _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout, acc_layout, FOLD, TILE_BITS,
+                                 BLOCK_P, BLOCK_C, BLOCK_D)
                 if ACCUMULATE:  # the points for the atomics, before the next item's copy lands
                     x = x_smem.load(row_layout)
                 gl.thread_barrier()  # every warp is past its last product (and its read of x)
                 nxt = w + step
                 if nxt < items:  # the next item's copies run under this one's reduction, labels and atomics
-                    _issue_item(x_smem, c_smem, ca_smem, X, CD, CSQA, (nxt // tiles).to(gl.int64), nxt % tiles, N,
-                                C, sxg, sxn, z, ld_layout, BLOCK_P, BLOCK_C, BLOCK_D, CSQ_MMA)
+                    _issue_item(x_smem, c_smem, X, CD, (nxt // tiles).to(gl.int64), nxt % tiles, N, C, sxg, sxn,
+                                z, ld_layout, BLOCK_P, BLOCK_C, BLOCK_D)
                 best_idx = _labels(best, C, z, acc_layout, BLOCK_C, TILE_BITS)
                 rows = p * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, acc_layout)) + z
                 gl.store(LABELS + g * N + rows, best_idx.to(gl.int64), mask=rows < N)
@@ -327,10 +240,9 @@ def _gluon_assign_kernel(
         else:
             p = gl.program_id(0)
             g = gl.program_id(1).to(gl.int64)
-            _issue_item(x_smem, c_smem, ca_smem, X, CD, CSQA, g, p, N, C, sxg, sxn, 0, ld_layout, BLOCK_P, BLOCK_C,
-                        BLOCK_D, CSQ_MMA)
-            best = _products(x_smem, c_smem, xa_smem, ca_smem, CD, CSQ, CSQA, g, C, 0, ld_layout, acc_layout, FOLD,
-                             TILE_BITS, BLOCK_P, BLOCK_C, BLOCK_D, CSQ_MMA)
+            _issue_item(x_smem, c_smem, X, CD, g, p, N, C, sxg, sxn, 0, ld_layout, BLOCK_P, BLOCK_C, BLOCK_D)
+            best = _products(x_smem, c_smem, CD, CSQ, g, C, 0, ld_layout, acc_layout, FOLD, TILE_BITS, BLOCK_P,
+                             BLOCK_C, BLOCK_D)
             best_idx = _labels(best, C, 0, acc_layout, BLOCK_C, TILE_BITS)
             rows = p * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, acc_layout))
             gl.store(LABELS + g * N + rows, best_idx.to(gl.int64), mask=rows < N)
@@ -340,25 +252,23 @@ def _gluon_assign_kernel(
 
 
 def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 4, maxnreg: int = 0, dtype: str = "bf16",
-                 accumulate: bool = True, tile_bits: int = 4, copies: int = 1, persistent: bool = True,
-                 csq_mma: bool = False):
+                 accumulate: bool = True, tile_bits: int = 4, copies: int = 1, persistent: bool = True):
     """Compile the kernel for sm_90 without a GPU (for inspection and the CPU test); the defaults are the launch
     options ``TritonKMeans`` uses. Returns ``triton.compile``'s result (``.asm["ptx"]``, ``.metadata.shared``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    names = ["X", "CD", "CSQ", "CSQA", "LABELS", "SUMS", "COUNTS", "SHIFT", "it", "tol", "N", "C", "G", "sxg", "sxn"]
-    types = [f"*{dtype}", f"*{dtype}", "*fp32", f"*{dtype}", "*i64", "*fp32", "*i32", "*fp32", "i32", "fp32"] + [
-        "i32"] * 5
+    names = ["X", "CD", "CSQ", "LABELS", "SUMS", "COUNTS", "SHIFT", "it", "tol", "N", "C", "G", "sxg", "sxn"]
+    types = [f"*{dtype}", f"*{dtype}", "*fp32", "*i64", "*fp32", "*i32", "*fp32", "i32", "fp32"] + ["i32"] * 5
     signature = dict(zip(names, types))
     signature.update({k: "constexpr" for k in ("BLOCK_P", "BLOCK_C", "BLOCK_D", "MAX_IT", "USE_TOL", "TILE_BITS",
-                                               "FOLD", "ACCUMULATE", "COPIES", "PERSISTENT", "CSQ_MMA")})
+                                               "FOLD", "ACCUMULATE", "COPIES", "PERSISTENT")})
     aligned = [i for i, name in enumerate(names) if types[i].startswith("*") or name in ("sxg", "sxn")]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = GluonASTSource(_gluon_assign_kernel, signature=signature, attrs=attrs,
                          constexprs=dict(BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_D=128, MAX_IT=2, USE_TOL=False,
                                          TILE_BITS=tile_bits, FOLD=dtype == "bf16", ACCUMULATE=accumulate,
-                                         COPIES=copies, PERSISTENT=bool(persistent), CSQ_MMA=bool(csq_mma)))
+                                         COPIES=copies, PERSISTENT=bool(persistent)))
     options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)

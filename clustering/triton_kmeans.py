@@ -157,13 +157,9 @@ def _accumulate(X, SUMS, COUNTS, g, rows, cols, rmask, dmask, best_idx, C, D, sx
 
 @triton.jit
 def _publish(CD, CSQ, g, C, cen, cols, new, cd_mask, cmask, BLOCK_D: tl.constexpr, ROUND_LOW: tl.constexpr,
-             LOW_FP16: tl.constexpr, FOLD: tl.constexpr, CSQA=None, aug_rows=0, CSQ_MMA: tl.constexpr = False):
+             LOW_FP16: tl.constexpr, FOLD: tl.constexpr):
     """What the next assignment reads of fp32 centroids ``new``: the operand copy (rounded to the low precision when
-    ROUND_LOW, times −2 when FOLD: exact, a power of two) and ‖c‖² of the rounded values. CSQ_MMA (the Gluon
-    kernel's ‖c‖² through the tensor cores): also ‖c‖² split into three bf16 parts hi + mid + lo (24 significant
-    bits, as float32) in columns 0–2 of CSQA [G, aug_rows, 16] (the rest 0; aug_rows: C rounded up to the Gluon
-    centroid tile), rows cen < aug_rows; rows ≥ C (the padding of the last tile) get a huge hi, so a zero-filled
-    centroid never wins."""
+    ROUND_LOW, times −2 when FOLD: exact, a power of two) and ‖c‖² of the rounded values."""
     if ROUND_LOW:
         if LOW_FP16:
             rf = new.to(tl.float16).to(tl.float32)
@@ -171,18 +167,7 @@ def _publish(CD, CSQ, g, C, cen, cols, new, cd_mask, cmask, BLOCK_D: tl.constexp
             rf = new.to(tl.bfloat16).to(tl.float32)
     else:
         rf = new
-    csq = tl.sum(rf * rf, 1)
-    tl.store(CSQ + g * C + cen, csq, mask=cmask)
-    if CSQ_MMA:
-        hi = csq.to(tl.bfloat16).to(tl.float32)
-        mid = (csq - hi).to(tl.bfloat16).to(tl.float32)
-        lo = (csq - hi - mid).to(tl.bfloat16).to(tl.float32)
-        acol = tl.arange(0, 16)[None, :]
-        parts = tl.where(acol == 0, hi[:, None], tl.where(acol == 1, mid[:, None],
-                                                          tl.where(acol == 2, lo[:, None], 0.0)))
-        parts = tl.where((cen < C)[:, None], parts, tl.where(acol == 0, 1.0e38, 0.0))
-        tl.store(CSQA + (g * aug_rows + cen)[:, None] * 16 + acol, parts.to(CSQA.dtype.element_ty),
-                 mask=(cen < aug_rows)[:, None])
+    tl.store(CSQ + g * C + cen, tl.sum(rf * rf, 1), mask=cmask)
     if FOLD:
         rf = rf * -2.0
     tl.store(CD + (g * C + cen)[:, None] * BLOCK_D + cols[None, :], rf.to(CD.dtype.element_ty), mask=cd_mask)
@@ -194,7 +179,6 @@ def _update_kernel(
     it, tol, C, D,
     BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, MAX_IT: tl.constexpr, USE_TOL: tl.constexpr,
     ROUND_LOW: tl.constexpr, LOW_FP16: tl.constexpr, FOLD: tl.constexpr, COPIES: tl.constexpr = 1,
-    CSQA=None, aug_rows=0, CSQ_MMA: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     g = tl.program_id(1).to(tl.int64)
@@ -216,8 +200,7 @@ def _update_kernel(
         old = tl.load(CENT + off, mask=mask, other=0.0)
         new = tl.where((counts > 0)[:, None], sums / tl.maximum(counts, 1).to(tl.float32)[:, None], old)
         tl.store(CENT + off, new, mask=mask)
-        _publish(CD, CSQ, g, C, cen, cols, new, mask, cmask, BLOCK_D, ROUND_LOW, LOW_FP16, FOLD, CSQA, aug_rows,
-                 CSQ_MMA)
+        _publish(CD, CSQ, g, C, cen, cols, new, mask, cmask, BLOCK_D, ROUND_LOW, LOW_FP16, FOLD)
         tl.store(SIZES + g * C + cen, counts.to(tl.int64), mask=cmask)
         if USE_TOL:
             diff = new - old
@@ -232,10 +215,9 @@ def _update_kernel(
 def _prepare_kernel(
     SRC, CENT, CD, CSQ, C, D, ssg, ssc,
     BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, ROUND_LOW: tl.constexpr, LOW_FP16: tl.constexpr,
-    FOLD: tl.constexpr, CSQA=None, aug_rows=0, CSQ_MMA: tl.constexpr = False,
+    FOLD: tl.constexpr,
 ):
-    """The starting centroids in one launch: the fp32 copy, the (rounded, zero-padded) operand copy, ‖c‖² (CSQ_MMA:
-    also its three-part bf16 split, padding rows included: the grid covers aug_rows ≥ C)."""
+    """The starting centroids in one launch: the fp32 copy, the (rounded, zero-padded) operand copy, ‖c‖²."""
     pid = tl.program_id(0)
     g = tl.program_id(1).to(tl.int64)
     cen = pid * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -245,8 +227,7 @@ def _prepare_kernel(
     src = tl.load(SRC + g * ssg + cen[:, None].to(tl.int64) * ssc + cols[None, :], mask=mask, other=0.0)
     new = src.to(tl.float32)
     tl.store(CENT + (g * C + cen)[:, None] * D + cols[None, :], new, mask=mask)
-    _publish(CD, CSQ, g, C, cen, cols, new, cmask[:, None], cmask, BLOCK_D, ROUND_LOW, LOW_FP16, FOLD,  # pads: 0
-             CSQA, aug_rows, CSQ_MMA)
+    _publish(CD, CSQ, g, C, cen, cols, new, cmask[:, None], cmask, BLOCK_D, ROUND_LOW, LOW_FP16, FOLD)  # pads: 0
 
 
 @register("clusterer", "triton")
@@ -279,10 +260,6 @@ class TritonKMeans(Clusterer):
     # gluon: False: one program per (point tile, group); True: persistent (~2 programs per SM loop over the work
     # items, the next item's copies overlap this one's labels and atomics; H100, Wan shape: 2-4% faster assignment)
     _persistent: bool = field(default=True, repr=False)
-    # gluon, bf16: ‖c‖² added by the tensor cores (a second chained wgmma, K = 16: [1, 1, 1, 0, …]·[hi, mid, lo,
-    # 0, …]ᵀ), so the argmin fold is pack + min only; False: one FADD per distance. Off: same labels, no faster on an
-    # H100 (gluon_kmeans.py's docstring); a diagnostic
-    _csq_mma: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -404,24 +381,20 @@ class TritonKMeans(Clusterer):
         # bf16: the operand copy holds −2c, so distances come straight out of the matrix units; float16 keeps c
         # (−2c could overflow); the fp32 modes always fold.
         fold = mode != 0 or (self._fold and low != torch.float16)
+        upd_block = 32
+        _prepare_kernel[(triton.cdiv(c, upd_block), groups)](
+            src, cent, cd, csq, c, d, src.stride(0), src.stride(1),
+            BLOCK_C=upd_block, BLOCK_D=block_d, ROUND_LOW=round_low, LOW_FP16=low == torch.float16, FOLD=fold,
+            num_warps=4,
+        )
         gluon_reasons = self.gluon_problems(x) if self.assign_kernel != "triton" else ["not requested"]
         if tile_bits == 0:  # the exact argmin (ieee, more than 256 centroid tiles, or asked for)
             gluon_reasons.append("implements the packed argmin only")
         if self.assign_kernel == "gluon" and gluon_reasons:
             raise ValueError("assign_kernel 'gluon' cannot cluster this input: " + "; ".join(gluon_reasons))
-        # the Gluon kernel's ‖c‖² operand (bf16 only: float16 keeps c and its fold)
-        csq_mma = self._csq_mma and not gluon_reasons and fold and cd_dtype == torch.bfloat16
-        aug_rows = triton.cdiv(c, self.block_centroids or 64) * (self.block_centroids or 64) if csq_mma else 0
-        csqa = torch.empty(groups, aug_rows, 16, dtype=torch.bfloat16, device=device) if csq_mma else None
-        upd_block = 32
-        _prepare_kernel[(triton.cdiv(max(c, aug_rows), upd_block), groups)](
-            src, cent, cd, csq, c, d, src.stride(0), src.stride(1),
-            BLOCK_C=upd_block, BLOCK_D=block_d, ROUND_LOW=round_low, LOW_FP16=low == torch.float16, FOLD=fold,
-            CSQA=csqa, aug_rows=aug_rows, CSQ_MMA=csq_mma, num_warps=4,
-        )
         for it in range(iters):
             if not gluon_reasons:
-                self._launch_gluon(x, cd, csq, csqa, labels, sums, counts, shift, it, tol, max_it, tile_bits, fold)
+                self._launch_gluon(x, cd, csq, labels, sums, counts, shift, it, tol, max_it, tile_bits, fold)
             else:
                 _assign_kernel[(triton.cdiv(n, bp), groups)](
                     x, cd, csq, labels, sums, counts, shift,
@@ -437,16 +410,13 @@ class TritonKMeans(Clusterer):
                 cent, cd, csq, sums, counts, sizes, shift,
                 it, float(tol), c, d,
                 BLOCK_C=upd_block, BLOCK_D=block_d, MAX_IT=max_it, USE_TOL=use_tol, ROUND_LOW=round_low,
-                LOW_FP16=low == torch.float16, FOLD=fold, COPIES=copies, CSQA=csqa, aug_rows=aug_rows,
-                CSQ_MMA=csq_mma, num_warps=4,
+                LOW_FP16=low == torch.float16, FOLD=fold, COPIES=copies, num_warps=4,
             )
         return KMeansResult(labels=labels, centroids=cent, sizes=sizes)
 
-    def _launch_gluon(self, x, cd, csq, csqa, labels, sums, counts, shift, it, tol, max_it, tile_bits,
-                      fold) -> None:
-        """One assignment with the Hopper kernel (clustering/gluon_kmeans.py); csqa: the three-part ‖c‖² operand
-        (None: the kernel adds the float32 csq itself)."""
-        from .gluon_kmeans import AUG, STAGES, _gluon_assign_kernel
+    def _launch_gluon(self, x, cd, csq, labels, sums, counts, shift, it, tol, max_it, tile_bits, fold) -> None:
+        """One assignment with the Hopper kernel (clustering/gluon_kmeans.py)."""
+        from .gluon_kmeans import STAGES, _gluon_assign_kernel
 
         groups, n, d = x.shape
         c = cd.shape[1]
@@ -464,17 +434,16 @@ class TritonKMeans(Clusterer):
             # As many programs as fit on the GPU at once (shared memory: x, the ring of centroid tiles, ~1 KB of
             # layout-conversion scratch and 1 KB the hardware reserves per block; registers: up to 255 a thread)
             props = torch.cuda.get_device_properties(x.device)
-            smem = (bp + int(STAGES) * bc) * (d + (int(AUG) if csqa is not None else 0)) * x.element_size() + 2048
+            smem = (bp + int(STAGES) * bc) * d * x.element_size() + 2048
             per_sm = min(getattr(props, "shared_memory_per_multiprocessor", 233472) // smem,
                          65536 // (32 * warps * (self._maxnreg or 256)))
             grid = (min(items, props.multi_processor_count * max(1, per_sm)),)
         else:
             grid = (triton.cdiv(n, bp), groups)
         _gluon_assign_kernel[grid](
-            x, cd, csq, csqa if csqa is not None else cd, labels, sums, counts, shift,
+            x, cd, csq, labels, sums, counts, shift,
             it, float(tol), n, c, groups, x.stride(0), x.stride(1),
             BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=d, MAX_IT=max_it, USE_TOL=tol > 0, TILE_BITS=tile_bits, FOLD=fold,
-            ACCUMULATE=self._accumulate, COPIES=sums.shape[0], PERSISTENT=self._persistent,
-            CSQ_MMA=csqa is not None, num_warps=warps,
+            ACCUMULATE=self._accumulate, COPIES=sums.shape[0], PERSISTENT=self._persistent, num_warps=warps,
             **options,
         )

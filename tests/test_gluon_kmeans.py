@@ -7,9 +7,7 @@ kernel exists for). The persistent kernel (the default: ~2 programs per multipro
 keep a few bytes of per-item values in local memory, but none inside the product loop. With an sm_90 GPU: labels,
 centroids and sizes against the Triton assignment and the float32 reference, for cluster counts that are not
 multiples of the tile, N not a multiple of 128, float16 and tol > 0, persistent and not; the persistent kernel's
-labels and sizes equal the one-item-per-program kernel's exactly, also inside a CUDA graph. ``_csq_mma`` (‖c‖² added by
-a second wgmma): no FADD left in the product loop, at least 64 instructions fewer; on the GPU its labels agree with
-the FADD fold's up to near-ties.
+labels and sizes equal the one-item-per-program kernel's exactly, also inside a CUDA graph.
 """
 from __future__ import annotations
 
@@ -34,28 +32,25 @@ def _hopper() -> bool:
 
 needs_hopper = pytest.mark.skipif(not _hopper(), reason="needs a compute-capability-9.0 GPU, not the interpreter")
 
-# (points per program, warps, register cap, dtype, accumulate, persistent: 0 one item per program, 1 persistent,
-# csq_mma: ‖c‖² by the tensor cores): the default launch for bf16, float16 and the assignment-only diagnostic, the
-# one-item-per-program kernels, two warpgroups capped at 128 registers, and ‖c‖² by the tensor cores
-VARIANTS = [(128, 4, 0, "bf16", True, 1, 0), (128, 4, 0, "fp16", True, 1, 0), (128, 4, 0, "bf16", False, 1, 0),
-            (128, 4, 0, "bf16", True, 0, 0), (128, 4, 0, "fp16", True, 0, 0),
-            (128, 8, 128, "bf16", True, 0, 0), (128, 8, 128, "bf16", True, 1, 0),
-            (128, 4, 0, "bf16", True, 1, 1), (128, 4, 0, "bf16", True, 0, 1), (128, 4, 0, "bf16", False, 1, 1)]
+# (points per program, warps, register cap, dtype, accumulate, persistent: 0 one item per program, 1 persistent):
+# the default launch for bf16, float16 and the assignment-only diagnostic, the one-item-per-program kernels, and two
+# warpgroups capped at 128 registers
+VARIANTS = [(128, 4, 0, "bf16", True, 1), (128, 4, 0, "fp16", True, 1), (128, 4, 0, "bf16", False, 1),
+            (128, 4, 0, "bf16", True, 0), (128, 4, 0, "fp16", True, 0),
+            (128, 8, 128, "bf16", True, 0), (128, 8, 128, "bf16", True, 1)]
 # bytes of local memory the persistent kernel may use outside the product loop (H100 runs: a per-item value or two
-# kept there costs nothing measurable); with two warpgroups capped at 128 registers it needs more (a diagnostic), and
-# with ‖c‖² by the tensor cores ~52 bytes of per-item values (its ‖c‖² copies' addresses crowd the 255 registers)
-PERSISTENT_SPILL = {(4, 0): 16, (8, 0): 128, (4, 1): 64}
+# kept there costs nothing measurable); with two warpgroups capped at 128 registers it needs more (a diagnostic)
+PERSISTENT_SPILL = {4: 16, 8: 128}
 
 
-def _name(block_p, warps, maxnreg, dtype, accumulate, persistent, csq_mma=0) -> str:
-    return f"{block_p}_{warps}_{maxnreg}_{dtype}_{int(accumulate)}_{persistent}_{csq_mma}"
+def _name(block_p, warps, maxnreg, dtype, accumulate, persistent) -> str:
+    return f"{block_p}_{warps}_{maxnreg}_{dtype}_{int(accumulate)}_{persistent}"
 
 
 @pytest.fixture(scope="module")
 def compiled(compile_sm90):
     return compile_sm90("sparseattn.clustering.gluon_kmeans", {
-        _name(*v): dict(block_p=v[0], num_warps=v[1], maxnreg=v[2], dtype=v[3], accumulate=v[4], persistent=v[5],
-                        csq_mma=bool(v[6]))
+        _name(*v): dict(block_p=v[0], num_warps=v[1], maxnreg=v[2], dtype=v[3], accumulate=v[4], persistent=v[5])
         for v in VARIANTS})
 
 
@@ -82,11 +77,11 @@ def _product_loops(cubin) -> list:
     return [[text for addr, text in code if lo <= addr <= hi] for lo, hi in inner]
 
 
-@pytest.mark.parametrize("block_p,warps,maxnreg,dtype,accumulate,persistent,csq_mma", VARIANTS)
+@pytest.mark.parametrize("block_p,warps,maxnreg,dtype,accumulate,persistent", VARIANTS)
 def test_compiles_for_sm90_without_spills_or_serialised_wgmma(compiled, ptxas, block_p, warps, maxnreg, dtype,
-                                                              accumulate, persistent, csq_mma):
+                                                              accumulate, persistent):
     folder, shared = compiled
-    name = _name(block_p, warps, maxnreg, dtype, accumulate, persistent, csq_mma)
+    name = _name(block_p, warps, maxnreg, dtype, accumulate, persistent)
     ptx = (folder / f"{name}.ptx").read_text()
     assert "wgmma.mma_async" in ptx
     assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 0x10", ptx), "no 16-byte cp.async"
@@ -96,7 +91,7 @@ def test_compiles_for_sm90_without_spills_or_serialised_wgmma(compiled, ptxas, b
     print(f"{name}: shared {shared[name]} B, {info.registers} registers, {info.spill_stores} bytes spilled")
     assert "C7514" not in info.report and "C7515" not in info.report, info.report  # wgmma serialised by ptxas
     if persistent:
-        assert info.spill_stores <= PERSISTENT_SPILL[warps, csq_mma], info.report
+        assert info.spill_stores <= PERSISTENT_SPILL[warps], info.report
         local = [t for loop in _product_loops(folder / f"{name}.ptx.cubin") for t in loop
                  if re.match(r"(@!?U?P\w+\s+)?(LDL|STL)\b", t.strip())]
         assert not local, local
@@ -118,23 +113,6 @@ def test_persistent_product_loop_no_longer_than_one_item_per_program(compiled, p
         lengths[persistent] = max(len(loop) for loop in _product_loops(folder / f"{name}.ptx.cubin"))
     print(f"{dtype}: product loop {lengths[1]} instructions persistent, {lengths[0]} one item per program")
     assert lengths[1] <= lengths[0], lengths
-
-
-@pytest.mark.parametrize("persistent", [0, 1])
-def test_csq_mma_product_loop_has_no_fadd(compiled, ptxas, persistent):
-    """‖c‖² by the tensor cores: the product loop keeps one more wgmma pair (K = 16) per tile and drops the 64
-    FADDs per thread (and the ‖c‖² loads)."""
-    folder, _ = compiled
-    loops = {}
-    for csq_mma in (0, 1):
-        name = _name(128, 4, 0, "bf16", True, persistent, csq_mma)
-        ptxas(folder / f"{name}.ptx")  # writes the cubin
-        loops[csq_mma] = max(_product_loops(folder / f"{name}.ptx.cubin"), key=len)
-    count = {k: (len(v), sum("HGMMA" in t for t in v), sum(re.match(r"(@!?U?P\w+\s+)?FADD\b", t.strip()) is not None
-                                                          for t in v)) for k, v in loops.items()}
-    print(f"persistent {persistent}: product loop (instructions, HGMMA, FADD) {count[0]} fold, {count[1]} csq_mma")
-    assert count[1][1] == count[0][1] + 2 and count[1][2] == 0, count
-    assert count[1][0] <= count[0][0] - 64, count
 
 
 def test_options_and_reasons_off_hopper():
@@ -177,32 +155,6 @@ def test_cuda_gluon_assignment_matches_triton_and_torch(n, clusters, dtype, pers
     assert int(glu.sizes.sum()) == 3 * n
     assert torch.equal(glu.sizes, torch.bincount((glu.labels + clusters * torch.arange(3, device="cuda")[:, None])
                                                  .reshape(-1), minlength=3 * clusters).reshape(3, clusters))
-
-
-@needs_hopper
-@pytest.mark.parametrize("persistent", [False, True])
-@pytest.mark.parametrize("n,clusters", [(30000, 500), (20037, 1000), (5001, 37), (300, 300)])
-def test_cuda_csq_mma_matches_fold(n, clusters, persistent):
-    """‖c‖² by the tensor cores (hi + mid + lo, fp32 accumulate) against the FADD fold: the same argmin up to
-    near-ties; the padding centroids of a partial last tile (37, 500, 1,000 clusters) never win."""
-    gen = torch.Generator(device="cuda").manual_seed(11)
-    x = torch.randn(3, n, 128, device="cuda", generator=gen)
-    init = init_centroids(x, clusters, seed=12)
-    ref = TorchKMeans().fit(x, init, 1)
-    xb = x.bfloat16()
-    old = TritonKMeans(assign_kernel="gluon", _persistent=persistent).fit(xb, init, 1)
-    new = TritonKMeans(assign_kernel="gluon", _persistent=persistent, _csq_mma=True).fit(xb, init, 1)
-    same = float((new.labels == old.labels).float().mean())
-    vs_ref = float((new.labels == ref.labels).float().mean())
-    old_ref = float((old.labels == ref.labels).float().mean())
-    print(f"n {n} clusters {clusters}: csq_mma labels equal to the fold's {same:.6f}, to fp32 {vs_ref:.5f} "
-          f"(fold {old_ref:.5f})")
-    assert same > 0.999
-    assert vs_ref > old_ref - 1e-3
-    assert int(new.labels.max()) < clusters
-    assert torch.equal(new.sizes, torch.bincount((new.labels + clusters * torch.arange(3, device="cuda")[:, None])
-                                                 .reshape(-1), minlength=3 * clusters).reshape(3, clusters))
-    assert float((new.centroids - old.centroids).norm() / old.centroids.norm()) < 0.02
 
 
 @needs_hopper
