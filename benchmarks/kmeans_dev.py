@@ -46,20 +46,6 @@ def profile_kernels(km, x, init, fits=3, iters=3):
     return out
 
 
-def event_ms(fn, reps):
-    """Median of CUDA-event timings of fn over reps runs (one warm-up)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
@@ -94,8 +80,8 @@ def main():
         for rnd in range(args.rounds):
             for name, km in kms.items():
                 prof = profile_kernels(km, x, warm)
-                one = event_ms(lambda: km.fit(x, warm, 1), args.reps)
-                three = event_ms(lambda: km.fit(x, warm, 3), args.reps)
+                one = bench.time_cuda(lambda: km.fit(x, warm, 1), args.reps, warmup=1)
+                three = bench.time_cuda(lambda: km.fit(x, warm, 3), args.reps, warmup=1)
                 rows.append((label, name, rnd, prof["assign"][0], prof["assign"][1], prof["update"][0],
                              (three - one) / 2, one))
                 print(f"{label} r{rnd} {name:12}: assign {prof['assign'][0]:.3f} ms/launch ({prof['assign'][1]} "
