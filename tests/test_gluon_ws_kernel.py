@@ -31,8 +31,8 @@ from sparseattn.interfaces import BlockMask  # noqa: E402
 from sparseattn.kernels.gluon_ws_attention import GluonWSBlockSparse  # noqa: E402
 from sparseattn.kernels.reference import TorchBlockSparse  # noqa: E402
 from sparseattn.registry import get  # noqa: E402
-from gluon_cases import layout as _layout, qkv as _qkv, rel as _rel  # noqa: E402
-from gluon_cases import sizes as _sizes, through as _through  # noqa: E402
+from block_cases import layout as _layout, qkv as _qkv, rel as _rel  # noqa: E402
+from block_cases import sizes as _sizes, through as _through  # noqa: E402
 
 TOL = {torch.bfloat16: 1.5e-2, torch.float16: 3e-3}
 

@@ -31,6 +31,7 @@ from sparseattn.kernels.triton_attention import TritonBlockSparse  # noqa: E402
 from sparseattn.kernels.triton_permute import gather_qkv, mode_problem, scatter_rows  # noqa: E402
 from sparseattn.clustering.triton_kmeans import TritonKMeans  # noqa: E402
 from sparseattn.clustering import TorchKMeans, init_centroids  # noqa: E402
+from block_cases import sizes as _sizes  # noqa: E402
 
 CPU_PROBLEM = mode_problem(on_cuda=False)
 needs_interpreter = pytest.mark.skipif(bool(CPU_PROBLEM), reason="; ".join(CPU_PROBLEM) or "ok")
@@ -42,19 +43,6 @@ TOL = {torch.float32: 2e-5, torch.bfloat16: 1.5e-2, torch.float16: 3e-3}
 # ----------------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------------
-def _sizes(gen: torch.Generator, n: int, m: int, empty: float = 0.0) -> torch.Tensor:
-    """m block sizes summing to n; about ``empty`` of them forced to 0."""
-    cuts = torch.sort(torch.randint(0, n + 1, (m - 1,), generator=gen)).values
-    sizes = torch.cat([torch.tensor([0]), cuts, torch.tensor([n])]).diff()
-    if empty > 0 and m > 2:
-        drop = torch.rand(m, generator=gen) < empty
-        drop[sizes.argmax()] = False
-        moved = int(sizes[drop].sum())
-        sizes[drop] = 0
-        sizes[sizes.argmax()] += moved
-    return sizes
-
-
 def _layout(q_sizes: torch.Tensor, k_sizes: torch.Tensor, d: int, orders: bool, gen: torch.Generator) -> Layout:
     b, h, mq = q_sizes.shape
     mk = k_sizes.shape[-1]

@@ -1,5 +1,6 @@
-"""Random block layouts on the GPU shared by the Gluon kernel tests (tests/test_gluon_kernel.py,
-tests/test_gluon_ws_kernel.py); tests/conftest.py puts this folder on sys.path so they can import it."""
+"""Random block layouts shared by the kernel tests (block sizes for tests/test_triton_kernels.py; layouts and the
+GPU helpers for tests/test_gluon_kernel.py and tests/test_gluon_ws_kernel.py); tests/conftest.py puts this folder on
+sys.path so they can import it."""
 from __future__ import annotations
 
 import torch
