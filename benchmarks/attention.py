@@ -207,6 +207,9 @@ def kernel_variants():
         for label, kernel in (("gluon_ws", GluonWSBlockSparse()), ("gluon", GluonBlockSparse())):
             if DEVICE == "cuda" and not kernel.why_unsupported(*probe):
                 variants.append((label, kernel))
+        if len(variants) > 1:
+            variants += [("gluon_ws, fuse qkv", GluonWSBlockSparse(fuse_permutation="qkv")),
+                         ("gluon_ws, 64-row tails", GluonWSBlockSparse(short_tail_block_m=0))]
     except ImportError:
         pass
     variants += [("triton, fuse none", TritonBlockSparse(fuse_permutation="none")),
@@ -660,21 +663,22 @@ def section_whole(budgets=("density",)):
         "density": {"name": "density", "density": 0.15},
         "top_p": {"name": "top_p", "p": 0.9, "min_ratio": 0.1},
     }
-    # kernel auto (gluon_ws on Hopper) for every budget; for the first, also the Triton kernel and the
-    # permuted-copies pipeline
-    runs = [(bname, "auto") for bname in budgets]
-    runs[1:1] = [(budgets[0], "triton"), (budgets[0], {"name": "triton", "fuse_permutation": "none"})]
-    for bname, kernel in runs:
+    # kernel auto (gluon_ws on Hopper) for every budget; for the first, also the Triton kernel, the permuted-copies
+    # pipeline and, on Hopper, gluon_ws reading k, v through their order (no copies) and with 64-row tails only
+    runs = [(bname, "auto", None) for bname in budgets]
+    variants = [("triton", "triton"), ({"name": "triton", "fuse_permutation": "none"}, "triton, copies")]
+    if DEVICE == "cuda" and torch.cuda.get_device_capability()[0] == 9:
+        variants += [({"name": "gluon_ws", "fuse_permutation": "qkv"}, "gluon_ws, fuse qkv"),
+                     ({"name": "gluon_ws", "short_tail_block_m": 0}, "gluon_ws, 64-row tails")]
+    runs[1:1] = [(budgets[0], kernel, label) for kernel, label in variants]
+    for bname, kernel, label in runs:
         strategy = load_strategy(
             "svg2",
             permuter={"name": "kmeans", "q_clusters": shape["cq"], "k_clusters": shape["ck"], "iters_first": 20,
                       "iters_warm": 2, "tol": 0.0, "clusterer": "triton"},
             budget=specs[bname], kernel=kernel,
         )
-        if kernel == "auto":
-            label = f"{bname} ({strategy.kernel.choose(q, k, v).name})"
-        else:
-            label = f"{bname}, triton" if kernel == "triton" else f"{bname}, copies"
+        label = f"{bname} ({strategy.kernel.choose(q, k, v).name})" if kernel == "auto" else f"{bname}, {label}"
         strategy.check_inputs = False  # validation reads q, k, v and syncs; not part of the attention path
         ctx = AttentionContext(layer=5, num_layers=40, step=30, num_steps=50, grid=shape["grid"])
         out = strategy(q, k, v, ctx)  # cold: fills the centroid cache
@@ -689,7 +693,7 @@ def section_whole(budgets=("density",)):
         ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
         err = rel_err(out, ref)
         rows.append((label, density, ms, cudnn / ms, err, attn_ms))
-        if DEVICE == "cuda" and (bname, kernel) == runs[0]:
+        if DEVICE == "cuda" and (bname, kernel) == runs[0][:2]:
             graph = graph_replay(strategy, q, k, v, ctx, cudnn, ref)
             if graph is not None:
                 rows.append((f"{label}, CUDA graph", *graph, attn_ms))
@@ -703,10 +707,10 @@ def section_whole(budgets=("density",)):
             RESULTS["whole_profile"] = table
     log(f"\n## Whole SVG2 call (Strategy: k-means 2 warm iterations, centroid scores, budget, kernel as labelled, "
         f"un-permute), Wan shape; cuDNN dense {cudnn:.1f} ms")
-    log(f"{'budget (kernel)':28} {'density':>8} {'ms':>9} {'speedup vs cuDNN':>17} {'rel err vs dense':>17} "
+    log(f"{'budget (kernel)':34} {'density':>8} {'ms':>9} {'speedup vs cuDNN':>17} {'rel err vs dense':>17} "
         f"{'kernel ms':>10} {'rest ms':>8} {'rest % cuDNN':>12}")
     for r in rows:
-        log(f"{r[0]:28} {r[1]:8.1%} {r[2]:9.2f} {r[3]:16.2f}× {r[4]:17.3f} {r[5]:10.2f} {r[2] - r[5]:8.2f} "
+        log(f"{r[0]:34} {r[1]:8.1%} {r[2]:9.2f} {r[3]:16.2f}× {r[4]:17.3f} {r[5]:10.2f} {r[2] - r[5]:8.2f} "
             f"{100 * (r[2] - r[5]) / cudnn:11.2f}%")
     RESULTS["whole"] = dict(rows=rows, cudnn_ms=cudnn)
     del q, k, v

@@ -13,7 +13,10 @@ TFLOP/s. Each kernel's output is compared with kernel ``triton``'s (‖out − r
 variants, with one-program-per-item ``gluon_ws``'s (bit for bit). ``--set pingpong``: the persistent kernel free-running
 (``pingpong=False``) against its ping-pong through named barriers (``pingpong="named"``, the default since
 benchmarks/results/h100-2026-11-27-s4-gluonws-named-pingpong-run1/2.log, which ran this set when free-running was
-the default), compared bit for bit with the former; ``--set schedules`` runs the kernel's defaults.
+the default), compared bit for bit with the former; ``--set schedules`` runs the kernel's defaults; ``--set
+tails-fuse``: 64-row tails only (``short_tail_block_m=0``, the default before the fifth session) against the default
+32-row short tails, and the default reading k, v through their order (``fuse_permutation="qkv"``, no permuted
+copies; the copy itself, ≈ 1 ms, is not in these times: see the whole-call section of benchmarks/attention.py).
 """
 from __future__ import annotations
 
@@ -68,7 +71,7 @@ def main():
     parser.add_argument("--densities", default="0.15,0.10,0.30")
     parser.add_argument("--no-dense", action="store_true", help="skip the one-block (dense) case")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--set", default="schedules", choices=["schedules", "pingpong"],
+    parser.add_argument("--set", default="schedules", choices=["schedules", "pingpong", "tails-fuse"],
                         help="schedules: one program per item, persistent dynamic / static; pingpong: persistent "
                              "free-running against the named-barrier ping-pong")
     args = parser.parse_args()
@@ -87,6 +90,9 @@ def main():
     if args.set == "pingpong":
         kernels = [("triton", TritonBlockSparse()), ("gluon_ws persistent", GluonWSBlockSparse(pingpong=False)),
                    ("gluon_ws persistent named pp", GluonWSBlockSparse(pingpong="named"))]
+    elif args.set == "tails-fuse":
+        kernels = [("triton", TritonBlockSparse()), ("gluon_ws 64-row tails", GluonWSBlockSparse(short_tail_block_m=0)),
+                   ("gluon_ws", GluonWSBlockSparse()), ("gluon_ws fuse qkv", GluonWSBlockSparse(fuse_permutation="qkv"))]
     else:
         kernels = [("triton", TritonBlockSparse()), ("gluon_ws one per item", GluonWSBlockSparse(persistent=False)),
                    ("gluon_ws persistent dynamic", GluonWSBlockSparse(persistent=True, dynamic=True)),

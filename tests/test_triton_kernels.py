@@ -125,10 +125,11 @@ def test_random_layouts(case, dtype):
 
 @needs_interpreter
 def test_default_tiles_and_one_token_blocks():
-    """Default 128×64 tiles; one-token blocks; N not a multiple of any tile."""
+    """Default tiles (128-row main, 64- and 32-row tails: every pass runs here); one-token blocks; N not a multiple
+    of any tile."""
     gen = torch.Generator().manual_seed(1)
     n, d = 141, 64
-    q_sizes = torch.tensor([[[1, 1, 70, 0, 69]]])
+    q_sizes = torch.tensor([[[1, 40, 70, 0, 30]]])
     k_sizes = torch.tensor([[[1, 0, 1, 1, 65, 73]]])
     layout = _layout(q_sizes, k_sizes, d, orders=False, gen=gen)
     selected = torch.tensor([[[[1, 1, 0, 1, 1, 0], [0, 0, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 1],
@@ -196,8 +197,13 @@ def test_property_random_layouts(seed, n, mq, mk, density, empty):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("tail, exact", [(0, False), (16, False), (16, True)])
-def test_plan_lists_and_work_items(tail, exact):
+@pytest.mark.parametrize("tiles, passes, exact", [
+    (dict(tail_block_m=0), 1, False),
+    (dict(tail_block_m=16), 2, False),
+    (dict(tail_block_m=16), 2, True),
+    (dict(block_m=64, tail_block_m=32, short_tail_block_m=16), 3, False),
+])
+def test_plan_lists_and_work_items(tiles, passes, exact):
     """Key lists hold exactly the selected tokens in order; the row tiles of all passes cover every query row once
     and none is empty; the index buffer is reused. ``exact``: the buffer sized to the lists (max_index_bytes 0)."""
     gen = torch.Generator().manual_seed(4)
@@ -206,12 +212,13 @@ def test_plan_lists_and_work_items(tail, exact):
     k_sizes = torch.stack([_sizes(gen, n, mk, 0.2) for _ in range(h)]).reshape(b, h, mk)
     layout = _layout(q_sizes, k_sizes, d, orders=False, gen=gen)
     selected = torch.rand(b, h, mq, mk, generator=gen) < 0.5
-    kernel = TritonBlockSparse(block_m=32, block_n=16, tail_block_m=tail, **({"max_index_bytes": 0} if exact else {}))
+    kernel = TritonBlockSparse(**{"block_m": 32, "block_n": 16, **tiles, **({"max_index_bytes": 0} if exact else {})})
     q = torch.randn(b, h, n, d)
     plan = kernel.plan(layout, BlockMask(selected), q)
     if exact:
         assert plan.lists.numel() == int(plan.lens.sum())
-    assert len(plan.passes) == (2 if tail else 1)
+    assert len(plan.passes) == passes
+    assert [work.block_m for work in plan.passes] == sorted({work.block_m for work in plan.passes}, reverse=True)
     k_off, q_off = layout.k_offsets, layout.q_offsets
     for hi in range(h):
         covered = torch.zeros(n, dtype=torch.long)
@@ -346,7 +353,7 @@ def test_why_unsupported():
     else:
         assert kernel.why_unsupported(*[torch.randn(1, 1, 8, 64)] * 3) == []
     for bad in ({"block_m": 48}, {"block_n": 8}, {"num_warps": 3}, {"num_stages": 0}, {"max_index_bytes": -1},
-                {"tail_block_m": 24}):
+                {"tail_block_m": 24}, {"short_tail_block_m": 8}):
         with pytest.raises(ValueError):
             TritonBlockSparse(**bad)
 
