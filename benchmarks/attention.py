@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 import traceback
+from dataclasses import replace
 
 import torch
 
@@ -207,9 +208,9 @@ def kernel_variants():
         for label, kernel in (("gluon_ws", GluonWSBlockSparse()), ("gluon", GluonBlockSparse())):
             if DEVICE == "cuda" and not kernel.why_unsupported(*probe):
                 variants.append((label, kernel))
-        if len(variants) > 1:
-            variants += [("gluon_ws, fuse qkv", GluonWSBlockSparse(fuse_permutation="qkv")),
-                         ("gluon_ws, 64-row tails", GluonWSBlockSparse(short_tail_block_m=0))]
+        if len(variants) > 1:  # gluon_ws reads k, v through their order by default (fuse_permutation qkv)
+            variants += [("gluon_ws, fuse q", GluonWSBlockSparse(fuse_permutation="q")),
+                         ("gluon_ws, 32-row tails", GluonWSBlockSparse(short_tail_block_m=32))]
     except ImportError:
         pass
     variants += [("triton, fuse none", TritonBlockSparse(fuse_permutation="none")),
@@ -531,6 +532,7 @@ def section_overhead():
     from sparseattn.clustering.triton_kmeans import TritonKMeans
     from sparseattn.identifiers import CentroidIdentifier
     from sparseattn.interfaces import Layout
+    from sparseattn.kernels.reference import AutoKernel
     from sparseattn.kernels.triton_attention import TritonBlockSparse
 
     shape = SHAPES["wan"]
@@ -541,7 +543,10 @@ def section_overhead():
     km = TritonKMeans()
     layout, (cq, ck) = kmeans_layout(q, k, shape, km, iters_cold=20)
     qx, kx = q.reshape(b * h, n, d), k.reshape(b * h, n, d)
-    kern = TritonBlockSparse()
+    kern = AutoKernel().choose(q, k, v)  # the kernel the default pipeline runs (gluon_ws on Hopper)
+    if not isinstance(kern, TritonBlockSparse):
+        kern = TritonBlockSparse()  # on CPU, auto picks the torch reference; time the Triton path (interpreted)
+    fuse = kern.fuse_permutation
     ident = CentroidIdentifier()
     budget = TopP(p=0.9, min_ratio=0.1)
     rows = []
@@ -570,11 +575,15 @@ def section_overhead():
                                                                                                        lay))))
     mask = budget.select(scores, lay)
     density = float(mask.density(lay).mean())
-    rows.append(("permute k, v (one launch; q is read through its order)", timed(lambda: kern.permute(q, k, v, lay))))
+    permute_label = {"q": "permute k, v (one launch; q is read through its order)",
+                     "qkv": f"permute (none: {kern.name} reads q, k, v through their orders)",
+                     "none": "permute q, k, v (one launch)"}[fuse]
+    rows.append((permute_label, timed(lambda: kern.permute(q, k, v, lay))))
     qp, kp, vp = kern.permute(q, k, v, lay)
     plan = kern.plan(lay, mask, qp)
     out = kern.run(plan, qp, kp, vp)
-    rows.append(("un-permute output (none: rows are written in place)", timed(lambda: kern.unpermute(out, lay))))
+    rows.append(("un-permute output" + (" (none: rows are written in place)" if fuse != "none" else ""),
+                 timed(lambda: kern.unpermute(out, lay))))
     overhead = sum(ms for name, ms in rows if not name.startswith("  "))
     plan_ms = timed(lambda: kern.plan(lay, mask, qp))
     if DEVICE == "cuda":
@@ -588,6 +597,10 @@ def section_overhead():
     plan = kern.plan(lay, mask, qp)
     attn = timed(lambda: kern.run(plan, qp, kp, vp))
     copies = TritonBlockSparse(fuse_permutation="none")
+    kv_copy = replace(kern, fuse_permutation="q")  # the same kernel on k, v copied into the key order
+    qk, kk, vk = kv_copy.permute(q, k, v, lay)
+    kv_plan = kv_copy.plan(lay, mask, qk)
+    kv_attn = timed(lambda: kv_copy.run(kv_plan, qk, kk, vk))
     km_triton = TritonKMeans(assign_kernel="triton")
     sorted_top_p = TopP(p=0.9, min_ratio=0.1, backend="torch")
     by_sort = sorted_top_p.select(scores, lay).selected
@@ -598,6 +611,9 @@ def section_overhead():
          timed(lambda: sorted_top_p.select(scores, lay))),
         ("  k-means q+k with the Triton assignment", timed(lambda: (km_triton.fit(qx, cq, 2, tol=1e-4),
                                                                     km_triton.fit(kx, ck, 2, tol=1e-4)))),
+        ("  permute k, v into the key order (fuse_permutation q, one launch)",
+         timed(lambda: kv_copy.permute(q, k, v, lay))),
+        (f"  {kern.name} kernel on those copies (this mask; above: {attn:.3f} ms)", kv_attn),
         ("  permute q, k, v (fuse_permutation none)", timed(lambda: copies.permute(q, k, v, lay))),
         ("  un-permute output (fuse_permutation none)", timed(lambda: copies.unpermute(out, lay))),
     ]
@@ -609,14 +625,16 @@ def section_overhead():
     log(f"{'total overhead (the pieces above)':58} {overhead:8.3f} {100 * overhead / cudnn:16.2f}%")
     log(f"{'plan (key lists + work items)':58} {plan_ms:8.3f} {100 * plan_ms / cudnn:16.2f}%")
     log(f"{'total overhead + plan':58} {overhead + plan_ms:8.3f} {100 * (overhead + plan_ms) / cudnn:16.2f}%")
-    log(f"{'sparse attention kernel (this mask)':58} {attn:8.3f} {100 * attn / cudnn:16.2f}%")
+    log(f"{'sparse attention kernel (' + kern.name + ', fuse ' + fuse + ', this mask)':58} {attn:8.3f} "
+        f"{100 * attn / cudnn:16.2f}%")
     log("for comparison (not counted above):")
     for name, ms in comparison:
         log(f"{name:58} {ms:8.3f} {100 * ms / cudnn:16.2f}%")
     rows += comparison + [("plan (key lists + work items)", plan_ms)]
     RESULTS["overhead"] = dict(rows=rows, total_ms=overhead, cudnn_ms=cudnn, density=density, attn_ms=attn)
-    del q, k, v, qp, kp, vp
+    del q, k, v, qp, kp, vp, qk, kk, vk
     kern._buffers.clear()
+    kv_copy._buffers.clear()
     empty_cache()
 
 
@@ -664,12 +682,12 @@ def section_whole(budgets=("density",)):
         "top_p": {"name": "top_p", "p": 0.9, "min_ratio": 0.1},
     }
     # kernel auto (gluon_ws on Hopper) for every budget; for the first, also the Triton kernel, the permuted-copies
-    # pipeline and, on Hopper, gluon_ws reading k, v through their order (no copies) and with 64-row tails only
+    # pipeline and, on Hopper, gluon_ws on k, v copied into the key order (fuse q) and with 32-row short tails
     runs = [(bname, "auto", None) for bname in budgets]
     variants = [("triton", "triton"), ({"name": "triton", "fuse_permutation": "none"}, "triton, copies")]
     if DEVICE == "cuda" and torch.cuda.get_device_capability()[0] == 9:
-        variants += [({"name": "gluon_ws", "fuse_permutation": "qkv"}, "gluon_ws, fuse qkv"),
-                     ({"name": "gluon_ws", "short_tail_block_m": 0}, "gluon_ws, 64-row tails")]
+        variants += [({"name": "gluon_ws", "fuse_permutation": "q"}, "gluon_ws, fuse q"),
+                     ({"name": "gluon_ws", "short_tail_block_m": 32}, "gluon_ws, 32-row tails")]
     runs[1:1] = [(budgets[0], kernel, label) for kernel, label in variants]
     for bname, kernel, label in runs:
         strategy = load_strategy(

@@ -14,9 +14,10 @@ variants, with one-program-per-item ``gluon_ws``'s (bit for bit). ``--set pingpo
 (``pingpong=False``) against its ping-pong through named barriers (``pingpong="named"``, the default since
 benchmarks/results/h100-2026-11-27-s4-gluonws-named-pingpong-run1/2.log, which ran this set when free-running was
 the default), compared bit for bit with the former; ``--set schedules`` runs the kernel's defaults; ``--set
-tails-fuse``: 64-row tails only (``short_tail_block_m=0``, the default before the fifth session) against the default
-32-row short tails, and the default reading k, v through their order (``fuse_permutation="qkv"``, no permuted
-copies; the copy itself, ≈ 1 ms, is not in these times: see the whole-call section of benchmarks/attention.py).
+tails-fuse``: on k, v copied into the key order (``fuse_permutation="q"``, the default before the fifth session),
+64-row tails against 32-row short tails as well (``short_tail_block_m=32``), and the default (k, v read through
+their order, ``"qkv"``: no copies; the copy itself, ≈ 1 ms, is not in these times: see the whole-call section of
+benchmarks/attention.py).
 """
 from __future__ import annotations
 
@@ -91,8 +92,9 @@ def main():
         kernels = [("triton", TritonBlockSparse()), ("gluon_ws persistent", GluonWSBlockSparse(pingpong=False)),
                    ("gluon_ws persistent named pp", GluonWSBlockSparse(pingpong="named"))]
     elif args.set == "tails-fuse":
-        kernels = [("triton", TritonBlockSparse()), ("gluon_ws 64-row tails", GluonWSBlockSparse(short_tail_block_m=0)),
-                   ("gluon_ws", GluonWSBlockSparse()), ("gluon_ws fuse qkv", GluonWSBlockSparse(fuse_permutation="qkv"))]
+        kernels = [("triton", TritonBlockSparse()), ("gluon_ws fuse q", GluonWSBlockSparse(fuse_permutation="q")),
+                   ("gluon_ws fuse q, 32-row tails", GluonWSBlockSparse(fuse_permutation="q", short_tail_block_m=32)),
+                   ("gluon_ws (fuse qkv)", GluonWSBlockSparse())]
     else:
         kernels = [("triton", TritonBlockSparse()), ("gluon_ws one per item", GluonWSBlockSparse(persistent=False)),
                    ("gluon_ws persistent dynamic", GluonWSBlockSparse(persistent=True, dynamic=True)),

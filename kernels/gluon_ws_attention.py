@@ -691,8 +691,12 @@ class GluonWSBlockSparse(GluonBlockSparse):
     over through hardware named barriers (bar.sync / bar.arrive, FlashAttention-3's warp-scheduler barriers), in
     either kernel (measured 2–3% faster than free-running on one dense block, within ±1% on k-means layouts);
     ``pingpong=True`` hands them over through mbarriers and implies one program per item; ``pingpong=False``: the
-    warpgroups issue as soon as their data is there."""
+    warpgroups issue as soon as their data is there. ``fuse_permutation`` defaults to ``"qkv"`` here: the producer
+    gathers K/V rows by index anyway, so reading them through kv_order costs the kernel about 1 ms at the Wan shape
+    (scattered rows) but saves the ≈ 1.1 ms copy of k and v into the key order; the whole call was 0.6 ms faster on
+    an H100 (docs/performance.md). ``"q"`` keeps the copy (the kernel alone is then slightly faster)."""
 
+    fuse_permutation: str = "qkv"
     pingpong: bool | str = "named"
     early_rescale: bool = True
     persistent: bool = True

@@ -17,9 +17,10 @@ Plan (on the GPU, no host synchronisation, no O(N²) tensor):
     ``max_index_bytes`` the plan sizes it exactly instead (lengths first, their cumulative sum as offsets), reading
     one number back from the GPU (a host synchronisation).
   * Row tiles. Each query block is cut into ``block_m``-row tiles; a remainder of at most ``tail_block_m`` rows gets
-    a ``tail_block_m``-row tile in a second launch instead, and one of at most ``short_tail_block_m`` rows a tile of
-    that height in a third, which cuts the rows wasted on partial tiles (Wan 2.1 k-means layouts: 20.7% of computed
-    pairs with 128-row tiles only, 11.8% with 64-row tails, 9.3% with 32-row ones as well). Work items
+    a ``tail_block_m``-row tile in a second launch instead, and (optionally) one of at most ``short_tail_block_m``
+    rows a tile of that height in a third, which cuts the rows wasted on partial tiles (Wan 2.1 k-means layouts at
+    15%: 20.7% of computed pairs with 128-row tiles only, 11.6% with 64-row tails, 9.0% with 32-row ones as well;
+    the third launch made the whole kernel 2–3% slower on an H100, so it is off by default). Work items
     (block, row tile) are laid out head-major with a fixed number of slots per head (Mq + ⌈N/block_m⌉ bounds the
     tile count, so the grid size is known without a sync), sorted by list length within a head, longest first;
     unused slots exit at once.
@@ -238,9 +239,8 @@ class TritonBlockSparse(SparseKernel):
     ``block_m``/``block_n``: query rows / keys per tile. A query block's rows are cut into ``block_m`` tiles; a
     remainder of at most ``tail_block_m`` rows goes to a second launch with ``tail_block_m`` × ``tail_block_n``
     tiles (0, or a value ≥ block_m, disables it), and one of at most ``short_tail_block_m`` rows to a third with
-    ``short_tail_block_m`` × ``tail_block_n`` tiles (0, or a value ≥ tail_block_m, disables it): tail tiles are
-    bound by their key gathers, not their arithmetic, so a shorter tile wastes fewer computed pairs at no cost in
-    time (see docs/performance.md). ``num_warps``/``num_stages``: launch options of the main pass
+    ``short_tail_block_m`` × ``tail_block_n`` tiles (0, the default, or a value ≥ tail_block_m, disables it): fewer
+    computed pairs wasted on padding rows, but measured 2–3% slower in all (docs/performance.md). ``num_warps``/``num_stages``: launch options of the main pass
     (``None``: defaults tuned on H100, see benchmarks/NOTES.md). ``max_index_bytes``: largest key-index buffer
     sized from the sync-free upper bound B·H·Mq·N·4 bytes (beyond it the plan sizes the buffer exactly, which
     synchronises with the host). A plan is valid until the next ``plan()`` of the same object.
@@ -257,7 +257,7 @@ class TritonBlockSparse(SparseKernel):
     block_n: int = 128
     tail_block_m: int = 64
     tail_block_n: int = 64
-    short_tail_block_m: int = 32
+    short_tail_block_m: int = 0
     num_warps: Optional[int] = None
     num_stages: Optional[int] = None
     max_index_bytes: int = 6 << 30

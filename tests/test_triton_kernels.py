@@ -125,8 +125,8 @@ def test_random_layouts(case, dtype):
 
 @needs_interpreter
 def test_default_tiles_and_one_token_blocks():
-    """Default tiles (128-row main, 64- and 32-row tails: every pass runs here); one-token blocks; N not a multiple
-    of any tile."""
+    """Default tiles (128-row main, 64-row tails) and 32-row short tails: every pass runs here; one-token blocks; N
+    not a multiple of any tile."""
     gen = torch.Generator().manual_seed(1)
     n, d = 141, 64
     q_sizes = torch.tensor([[[1, 40, 70, 0, 30]]])
@@ -135,7 +135,8 @@ def test_default_tiles_and_one_token_blocks():
     selected = torch.tensor([[[[1, 1, 0, 1, 1, 0], [0, 0, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 1],
                                [0, 1, 0, 0, 0, 1]]]], dtype=torch.bool)
     q, k, v = _qkv(gen, 1, 1, n, d)
-    _check_attention(q, k, v, layout, BlockMask(selected), TritonBlockSparse(), torch.float32, "default tiles")
+    for kernel in (TritonBlockSparse(), TritonBlockSparse(short_tail_block_m=32)):
+        _check_attention(q, k, v, layout, BlockMask(selected), kernel, torch.float32, "default tiles")
 
 
 @needs_interpreter
