@@ -528,7 +528,7 @@ def section_kmeans(quick=False):
 
 def section_overhead():
     """SVG2's pieces at the Wan shape, warm, each timed alone; compared with cuDNN dense attention."""
-    from sparseattn.budgets import TopP
+    from sparseattn.budgets import FixedDensity, TopP
     from sparseattn.clustering.triton_kmeans import TritonKMeans
     from sparseattn.identifiers import CentroidIdentifier
     from sparseattn.interfaces import Layout
@@ -606,7 +606,12 @@ def section_overhead():
     by_sort = sorted_top_p.select(scores, lay).selected
     # rows keeping a different number of blocks (tied blocks may be swapped: the sort leaves their order open)
     differ = int((by_sort.sum(-1) != mask.selected.sum(-1)).sum())
+    by_radix, by_argsort = FixedDensity(0.15), FixedDensity(0.15, backend="torch")
+    same = torch.equal(by_radix.select(scores, lay).selected, by_argsort.select(scores, lay).selected)
     comparison = [
+        ("  selection, fixed density 0.15 (auto: Triton radix select)", timed(lambda: by_radix.select(scores, lay))),
+        (f"  selection, fixed density 0.15, torch argsort (same mask: {same})",
+         timed(lambda: by_argsort.select(scores, lay))),
         (f"  selection with torch's sort ({differ} of {by_sort[..., 0].numel()} rows keep another count)",
          timed(lambda: sorted_top_p.select(scores, lay))),
         ("  k-means q+k with the Triton assignment", timed(lambda: (km_triton.fit(qx, cq, 2, tol=1e-4),
@@ -683,20 +688,23 @@ def section_whole(budgets=("density",)):
     }
     # kernel auto (gluon_ws on Hopper) for every budget; for the first, also the Triton kernel, the permuted-copies
     # pipeline and, on Hopper, gluon_ws on k, v copied into the key order (fuse q) and with 32-row short tails
-    runs = [(bname, "auto", None) for bname in budgets]
+    runs = [(bname, specs[bname], "auto", None) for bname in budgets]
     variants = [("triton", "triton"), ({"name": "triton", "fuse_permutation": "none"}, "triton, copies")]
     if DEVICE == "cuda" and torch.cuda.get_device_capability()[0] == 9:
         variants += [({"name": "gluon_ws", "fuse_permutation": "q"}, "gluon_ws, fuse q"),
                      ({"name": "gluon_ws", "short_tail_block_m": 32}, "gluon_ws, 32-row tails")]
-    runs[1:1] = [(budgets[0], kernel, label) for kernel, label in variants]
-    for bname, kernel, label in runs:
+    first = budgets[0]
+    runs[1:1] = [(first, specs[first], kernel, label) for kernel, label in variants]
+    if first == "density":  # the budget's torch backend (argsort) instead of the Triton radix select
+        runs.insert(1 + len(variants), (first, {**specs[first], "backend": "torch"}, "auto", "torch sort"))
+    for bname, spec, kernel, label in runs:
         strategy = load_strategy(
             "svg2",
             permuter={"name": "kmeans", "q_clusters": shape["cq"], "k_clusters": shape["ck"], "iters_first": 20,
                       "iters_warm": 2, "tol": 0.0, "clusterer": "triton"},
-            budget=specs[bname], kernel=kernel,
+            budget=spec, kernel=kernel,
         )
-        label = f"{bname} ({strategy.kernel.choose(q, k, v).name})" if kernel == "auto" else f"{bname}, {label}"
+        label = f"{bname} ({strategy.kernel.choose(q, k, v).name})" if label is None else f"{bname}, {label}"
         strategy.check_inputs = False  # validation reads q, k, v and syncs; not part of the attention path
         ctx = AttentionContext(layer=5, num_layers=40, step=30, num_steps=50, grid=shape["grid"])
         out = strategy(q, k, v, ctx)  # cold: fills the centroid cache
@@ -711,7 +719,7 @@ def section_whole(budgets=("density",)):
         ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
         err = rel_err(out, ref)
         rows.append((label, density, ms, cudnn / ms, err, attn_ms))
-        if DEVICE == "cuda" and (bname, kernel) == runs[0][:2]:
+        if DEVICE == "cuda" and (bname, spec, kernel) == runs[0][:3]:
             graph = graph_replay(strategy, q, k, v, ctx, cudnn, ref)
             if graph is not None:
                 rows.append((f"{label}, CUDA graph", *graph, attn_ms))

@@ -19,13 +19,22 @@ tied at τ in index order, which needs the tied area of every earlier chunk of p
 tied area, and the mask pass sums its predecessors' (a few hundred numbers per head, no scan launch).
 
 Launches per call: one zero-fill of the histograms (torch), three histogram + three find launches, one tied-area
-launch, one mask launch (it also takes the row argmax): 9 in all, none with a data-dependent shape, so a call can be
-captured in a CUDA graph. Each histogram, tie and mask launch reads the scores once (5 reads in all); the exact
-int64 areas make T exact (a float running sum near N² ≈ 10¹⁰ is off by tens of pairs).
+launch, one mask launch (it also takes the row argmax): 9 in all, none with a data-dependent shape and no host
+read, so a call can be captured in a CUDA graph. Each histogram, tie and mask launch reads the scores once (5 reads
+in all), recomputing the values rather than storing them (a value array would cost as much to write and read back
+as the scores). Areas and their sums are int64 and T is computed in float64 exactly as the torch path does (a float
+running sum near N² ≈ 10¹⁰ is off by tens of pairs and could stop short of the target).
 
 The first level takes an atomic add per non-empty pair, to buckets that many pairs share (same exponent, same two
-leading mantissa bits): each head's histogram has ``COPIES`` copies, a pair adding to copy (flat index mod COPIES),
-so neighbouring lanes of a warp hit different addresses. Later levels only add the pairs of one bucket.
+leading mantissa bits): Triton has no weighted histogram to pre-aggregate with, so each head's first histogram has
+``COPIES`` copies and a pair adds to copy (flat index mod COPIES): neighbouring lanes of a warp hit different
+addresses. Later levels only add the pairs of one bucket.
+
+Exactness of the values: float32 scores are divided with ``tl.math.div_rn`` (IEEE division, no flush to zero, as
+torch); half-precision scores as torch does, the size rounded to the dtype, the quotient taken in float32 and rounded
+to the dtype (float32 has more than 2p + 2 bits for p = 11 or 8, so this double rounding is the correctly rounded
+half quotient). bfloat16 rounding is done on the bits (ties to even, as c10::BFloat16): the interpreter's cast
+truncates. NaN values rank unspecified; scores may be negative (the keys order signed floats).
 """
 from __future__ import annotations
 
@@ -43,7 +52,21 @@ COPIES = 4  # copies of the first level's histogram, spreading same-bucket atomi
 LEVELS = ((21, 11), (10, 11), (0, 10))
 _HIST = [(1 << bits) * (COPIES if level == 0 else 1) for level, (_, bits) in enumerate(LEVELS)]
 _STATE = sum(_HIST)  # per head: the three histograms, then [prefix, remaining target]
-_SCORE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SCORE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _round_to(x, DT: tl.constexpr):
+    """float32 ``x`` rounded to the nearest DT (ties to even), as float32."""
+    if DT == tl.bfloat16:
+        # by hand, as torch's c10::BFloat16 does (the interpreter's bfloat16 cast truncates)
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+        return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+    elif DT == tl.float16:
+        return x.to(tl.float16).to(tl.float32)
+    else:
+        return x
 
 
 @triton.jit
@@ -62,12 +85,8 @@ def _tile(S, QS, KS, bh, chunk, H, MQ, MK, ssb, ssh, ssq, ROWS: tl.constexpr, BK
     area = qs[:, None] * ks[None, :]  # int64; 0 on padding
     # value exactly as torch computes scores / k_sizes.clamp_min(1).to(scores.dtype): in the scores' dtype (for
     # half types: an fp32 quotient rounded once more, which equals the correctly rounded half quotient)
-    kf = tl.maximum(ks, 1).to(tl.float32)
-    if sc.dtype != tl.float32:
-        kf = kf.to(sc.dtype).to(tl.float32)
-    value = tl.math.div_rn(sc.to(tl.float32), kf[None, :])
-    if sc.dtype != tl.float32:
-        value = value.to(sc.dtype).to(tl.float32)
+    kf = _round_to(tl.maximum(ks, 1).to(tl.float32), sc.dtype)
+    value = _round_to(tl.math.div_rn(sc.to(tl.float32), kf[None, :]), sc.dtype)
     bits = value.to(tl.int32, bitcast=True)
     bits = tl.where(bits == -2147483648, 0, bits)  # -0.0 ties with +0.0, as in torch
     key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # signed int order = float order
@@ -85,7 +104,7 @@ def _hist_kernel(S, QS, KS, STATE, H, MQ, MK, ssb, ssh, ssq,
     base = STATE + bh * STATE_STRIDE
     u = key ^ -2147483648  # unsigned order as bit pattern
     take = area > 0
-    if HIGH == 12345:
+    if HIGH != 0:
         prefix = tl.load(base + PREFIX).to(tl.int32)
         take = take & (((u ^ prefix) & HIGH) == 0)
     digit = (u >> SHIFT) & ((1 << BITS) - 1)
@@ -176,7 +195,7 @@ def density_mask(scores: Tensor, q_sizes: Tensor, k_sizes: Tensor, density: floa
     b, h, mq, mk = scores.shape
     if mk > MAX_BLOCKS:
         raise ValueError(f"density_mask holds whole rows: at most {MAX_BLOCKS} key blocks per row, got {mk}")
-    if scores.dtype not in _SCORE_DTYPES:
+    if scores.dtype not in SCORE_DTYPES:
         raise ValueError(f"density_mask takes float32, float16 or bfloat16 scores, got {scores.dtype}")
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
@@ -198,7 +217,7 @@ def density_mask(scores: Tensor, q_sizes: Tensor, k_sizes: Tensor, density: floa
     ties = torch.empty(bh, chunks, dtype=torch.int64, device=scores.device)
     grid = (chunks, bh)
     tile_args = (h, mq, mk, scores.stride(0), scores.stride(1), scores.stride(2))
-    warps = 4 if rows * block_k <= 4096 else 8
+    warps = max(4, min(16, rows * block_k // 256))  # 8 pairs a thread at TILE (ptxas, sm_90: ≤ 128 registers)
     density_bits = struct.unpack("<q", struct.pack("<d", float(density)))[0]
     offset = 0
     for level, (shift, bits) in enumerate(LEVELS):

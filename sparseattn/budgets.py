@@ -1,6 +1,7 @@
 """Budget controllers: choose which key blocks each query block attends to, from block scores."""
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -38,7 +39,7 @@ class TopP(BudgetController):
             return BlockMask(torch.ones_like(scores, dtype=torch.bool))
         floor = max(int(self.min_ratio * scores.shape[-1]), 1)
         if self.backend == "triton" or (self.backend == "auto" and scores.is_cuda):
-            problems = _triton_problems(scores)
+            problems = _triton_problems(scores, "triton_topp")
             if not problems:
                 from sparseattn.kernels.triton_topp import top_p_mask
 
@@ -48,16 +49,23 @@ class TopP(BudgetController):
         return BlockMask(top_p_reference(scores, self.p, floor))
 
 
-def _triton_problems(scores: Tensor) -> list[str]:
-    """Reasons the Triton top-p kernel cannot take ``scores`` here (empty list: it can)."""
+def _triton_problems(scores: Tensor, kernel: str) -> list[str]:
+    """Reasons the Triton kernel module ``sparseattn.kernels.<kernel>`` cannot take ``scores`` here (empty: it can).
+    Both budget kernels hold whole rows in a program (``MAX_BLOCKS``); ``SCORE_DTYPES``, where a module has it, lists
+    the score dtypes it reads."""
     try:
+        module = importlib.import_module(f"sparseattn.kernels.{kernel}")
         from sparseattn.kernels.triton_permute import mode_problem
-        from sparseattn.kernels.triton_topp import MAX_BLOCKS
     except ImportError as exc:
         return [f"triton is not available ({exc})"]
     problems = mode_problem(scores.is_cuda)
-    if scores.shape[-1] > MAX_BLOCKS:
-        problems.append(f"rows of {scores.shape[-1]} blocks exceed its {MAX_BLOCKS} (a row is held in registers)")
+    if scores.shape[-1] > module.MAX_BLOCKS:
+        problems.append(f"rows of {scores.shape[-1]} key blocks exceed its {module.MAX_BLOCKS} (a program holds "
+                        "whole rows)")
+    dtypes = getattr(module, "SCORE_DTYPES", None)
+    if dtypes is not None and scores.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        problems.append(f"{str(scores.dtype).replace('torch.', '')} scores (it takes {names})")
     return problems
 
 
@@ -100,15 +108,30 @@ class TopK(BudgetController):
 class FixedDensity(BudgetController):
     """Per head, the block pairs with the most estimated mass per covered (query, key) pair, until the covered
     fraction of the N×N pairs reaches ``density`` (the pair crossing it is kept); every query block keeps its best
-    key block. The estimated mass of pair (i, j) is |Q_i|·score[i, j], so blocks are ranked by score[i, j] / |K_j|."""
+    key block. The estimated mass of pair (i, j) is |Q_i|·score[i, j], so blocks are ranked by score[i, j] / |K_j|
+    (divided in the scores' dtype). ``backend``: ``torch`` (argsort, any device; ties in rank are kept in an
+    unspecified order), ``triton`` (radix select, no sort, no host synchronisation: kernels/triton_density.py;
+    float32/float16/bfloat16 scores, rows of up to 8,192 key blocks; ties kept in flat index order, and empty pairs
+    are never kept unless they are a row's best block) or ``auto`` (triton for CUDA scores it can take)."""
 
     density: float = 0.25
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.density <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {self.density}")
+        if self.backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"backend must be auto, torch or triton, got {self.backend!r}")
 
     def select(self, scores: Tensor, layout: Layout) -> BlockMask:
+        if self.backend == "triton" or (self.backend == "auto" and scores.is_cuda):
+            problems = _triton_problems(scores, "triton_density")
+            if not problems:
+                from sparseattn.kernels.triton_density import density_mask
+
+                return BlockMask(density_mask(scores, layout.q_sizes, layout.k_sizes, self.density))
+            if self.backend == "triton":
+                raise ValueError("density backend 'triton' cannot select here: " + "; ".join(problems))
         b, h, mq, mk = scores.shape
         # Areas are integers: an int64 running sum is exact (a float32 one near N² ~ 10¹⁰ is off by tens of pairs
         # and can stop short of the target density). One flat scan over all heads, then each head's start is
@@ -126,3 +149,4 @@ class FixedDensity(BudgetController):
         selected = torch.zeros_like(value, dtype=torch.bool).scatter_(-1, order, keep).reshape(b, h, mq, mk)
         best = scores.argmax(dim=-1, keepdim=True)
         return BlockMask(selected.scatter_(-1, best, True))
+

@@ -202,3 +202,225 @@ def test_density_budget_rejects_bad_density():
     with pytest.raises(ValueError, match="density"):
         FixedDensity(0.0)
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# density, Triton backend (radix select, kernels/triton_density.py): on the GPU when there is one, else under the
+# interpreter on CPU tensors (inputs are built on the CPU and moved)
+# ----------------------------------------------------------------------------------------------------------------
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _density_problem() -> list[str]:
+    try:
+        from sparseattn.kernels.triton_permute import mode_problem
+    except ImportError as exc:  # no triton
+        return [str(exc)]
+    return mode_problem(on_cuda=TRITON_DEVICE == "cuda")
+
+
+needs_triton = pytest.mark.skipif(bool(_density_problem()), reason="; ".join(_density_problem()) or "ok")
+
+
+def _moved(layout: Layout) -> Layout:
+    return Layout(None, None, *(t.to(TRITON_DEVICE) for t in (layout.q_sizes, layout.k_sizes, layout.q_centroids,
+                                                               layout.k_centroids)))
+
+
+def _triton_select(density: float, scores: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """FixedDensity's Triton backend where Triton runs; the mask back on the CPU."""
+    return FixedDensity(density, backend="triton").select(scores.to(TRITON_DEVICE), _moved(layout)).selected.cpu()
+
+
+def density_by_index(q_sizes: torch.Tensor, k_sizes: torch.Tensor, scores: torch.Tensor, density: float) -> torch.Tensor:
+    """Brute-force Triton density budget of every head: non-empty pairs by value (divided in the scores' dtype, as
+    torch does), ties by flat index, while the area before a pair is below ⌈density·N²⌉; plus every row's argmax."""
+    b, h, mq, mk = scores.shape
+    value = scores / k_sizes.clamp_min(1).unsqueeze(-2).to(scores.dtype)
+    expected = torch.zeros(b, h, mq, mk, dtype=torch.bool)
+    for bi in range(b):
+        for hi in range(h):
+            qs, ks, v = q_sizes[bi, hi].tolist(), k_sizes[bi, hi].tolist(), value[bi, hi].double().tolist()
+            n = sum(qs)
+            target = math.ceil(density * n * n)
+            pairs = sorted(((i, j) for i in range(mq) for j in range(mk) if qs[i] * ks[j] > 0),
+                           key=lambda ij: (-v[ij[0]][ij[1]], ij[0] * mk + ij[1]))
+            covered = 0
+            for i, j in pairs:
+                if covered >= target:
+                    break
+                expected[bi, hi, i, j] = True
+                covered += qs[i] * ks[j]
+    return expected.scatter_(-1, scores.argmax(-1, keepdim=True), True)
+
+
+def _triton_density(scores, q_sizes, k_sizes, density, tile=None):
+    from sparseattn.kernels.triton_density import TILE, density_mask
+
+    return density_mask(*(t.to(TRITON_DEVICE) for t in (scores, q_sizes, k_sizes)), density, tile=tile or TILE).cpu()
+
+
+@needs_triton
+@settings(max_examples=30, deadline=None)
+@given(**SHAPES, target=st.floats(0.001, 1.0), quantum=st.sampled_from([None, None, 4.0, 1.0]),
+       dtype=st.sampled_from([torch.float32, torch.float32, torch.float16, torch.bfloat16]),
+       tile=st.sampled_from([16, 32, 4096]))
+def test_density_triton_matches_greedy_with_index_ties(ref, b, h, n, mq, mk, mode, seed, target, quantum, dtype,
+                                                      tile):
+    layout = ref.random_layout(b, h, n, mq, mk, mode, torch.Generator().manual_seed(seed))
+    scores = random_scores(layout, seed)
+    if quantum is not None:  # many ties, at 0 (underflow) and above
+        scores = torch.floor(scores * quantum) / quantum
+    scores = scores.to(dtype)
+    got = _triton_density(scores, layout.q_sizes, layout.k_sizes, target, tile)
+    assert torch.equal(got, density_by_index(layout.q_sizes, layout.k_sizes, scores, target))
+
+
+def _sizes_layout(q_sizes: torch.Tensor, k_sizes: torch.Tensor) -> Layout:
+    b, h, mq = q_sizes.shape
+    mk = k_sizes.shape[-1]
+    return Layout(None, None, q_sizes, k_sizes, torch.zeros(b, h, mq, 1), torch.zeros(b, h, mk, 1))
+
+
+def _edge_case(name: str):
+    """(scores, q_sizes, k_sizes) of a named edge case: B = 2, H = 3, Mq = 5, Mk = 11."""
+    gen = torch.Generator().manual_seed(7)
+    b, h, mq, mk = 2, 3, 5, 11
+    q_sizes = torch.randint(1, 13, (b, h, mq), generator=gen)
+    k_sizes = torch.randint(1, 5, (b, h, mk), generator=gen)  # about as many tokens as the query side
+    scores = torch.rand(b, h, mq, mk, generator=gen)
+    if name == "equal_scores":  # every pair of equal value: the selection is a prefix in index order
+        k_sizes = torch.full_like(k_sizes, 3)
+        scores = torch.full_like(scores, 0.25)
+    elif name == "zero_scores":
+        scores = torch.zeros_like(scores)
+    elif name == "underflow":  # values that round to 0 after the division, next to tiny non-zero ones
+        scores = torch.where(scores < 0.5, 1e-45, 1e-38) * (scores < 0.8)
+    elif name == "empty_blocks":
+        q_sizes[..., ::2] = 0
+        k_sizes[..., 1::3] = 0
+        q_sizes[0, 0] = 0  # a head with no query token at all
+    elif name == "one_pair":  # one query block and one key block hold every token
+        q_sizes = torch.zeros_like(q_sizes)
+        k_sizes = torch.zeros_like(k_sizes)
+        q_sizes[..., 2] = 40
+        k_sizes[..., 7] = 40
+    elif name == "different_heads":  # N differs between heads
+        q_sizes = q_sizes * torch.arange(1, b * h + 1).reshape(b, h, 1)
+    elif name == "huge_areas":  # areas and N² beyond int32
+        q_sizes = q_sizes * 30_000
+        k_sizes = k_sizes * 30_000
+    elif name == "signed":  # negative values and -0.0 (tied with +0.0)
+        scores = scores - 0.5
+        scores[..., ::4] = -0.0
+        scores[..., 1::4] = 0.0
+    return scores, q_sizes, k_sizes
+
+
+@needs_triton
+@pytest.mark.parametrize("case", ["random", "equal_scores", "zero_scores", "underflow", "empty_blocks", "one_pair",
+                                  "different_heads", "huge_areas", "signed"])
+def test_density_triton_edge_cases(case):
+    scores, q_sizes, k_sizes = _edge_case(case)
+    got = {}
+    for density, tile in ((1e-9, 4096), (0.07, 16), (0.5, 4096), (1.0, 16)):  # tile 16: a chunk per query block
+        got[density] = _triton_density(scores, q_sizes, k_sizes, density, tile)
+        assert torch.equal(got[density], density_by_index(q_sizes, k_sizes, scores, density)), (case, density)
+    area = q_sizes.unsqueeze(-1) * k_sizes.unsqueeze(-2)
+    best = torch.zeros_like(area, dtype=torch.bool).scatter_(-1, scores.argmax(-1, keepdim=True), True)
+    # density 1: every non-empty pair where the key side has no more tokens than the query side (else the target is
+    # reached first)
+    full = k_sizes.sum(-1) <= q_sizes.sum(-1)
+    assert torch.equal(got[1.0][full], ((area > 0) | best)[full])
+    if case == "random":  # tiny density: the first pair only (the best value), and the argmaxes
+        value = (scores / k_sizes.unsqueeze(-2)).reshape(6, -1)
+        top = torch.zeros_like(value, dtype=torch.bool).scatter_(-1, value.argmax(-1, keepdim=True), True)
+        assert torch.equal(got[1e-9], top.reshape(best.shape) | best)
+    if case == "equal_scores":  # a prefix in flat index order, then the argmaxes (column 0)
+        for row, best_row in zip(got[0.07].reshape(6, -1), best.reshape(6, -1)):
+            last = int((row & ~best_row).nonzero().max())
+            assert row[: last + 1].all() and 0 < last < row.numel() - 1
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_density_triton_divides_in_the_scores_dtype(dtype):
+    # Torch divides in the scores' dtype, by the size rounded to it; so must the kernel. Head 0: consecutive
+    # half-precision scores, increasing with the index, over 3: float32 quotients differ, half ones often tie (index
+    # order then reverses the float32 order). Head 1: equal scores over sizes 2048, 2049 (float16: 2049 is 2048) or
+    # 256, 257 (bfloat16: 257 is 256): tied only by the rounding of the size.
+    mq, mk = 4, 16
+    eps = torch.finfo(dtype).eps
+    consecutive = (1.5 + eps * torch.arange(mq * mk)).reshape(mq, mk)
+    scores = torch.stack([consecutive, torch.full((mq, mk), 1.5)]).unsqueeze(0).to(dtype)
+    big = 2048 if dtype == torch.float16 else 256
+    k_sizes = torch.stack([torch.full((mk,), 3), big + torch.arange(mk) % 2]).unsqueeze(0)
+    q_sizes = torch.tensor([[[12] * mq, [int(k_sizes[0, 1].sum()) // mq] * mq]])  # as many tokens on both sides
+    assert torch.equal(q_sizes.sum(-1), k_sizes.sum(-1))
+    for density in (0.1, 0.23, 0.37, 0.5, 0.66, 0.81):
+        got = _triton_density(scores, q_sizes, k_sizes, density)
+        assert torch.equal(got, density_by_index(q_sizes, k_sizes, scores, density)), density
+
+
+@needs_triton
+def test_density_triton_matches_torch_backend_on_continuous_scores():
+    gen = torch.Generator().manual_seed(3)
+    b, h, mq, mk, n = 1, 3, 37, 300, 5_000
+    q_sizes = torch.stack([torch.bincount(torch.randint(mq, (n,), generator=gen), minlength=mq) for _ in range(h)])
+    k_sizes = torch.stack([torch.bincount(torch.randint(mk, (n,), generator=gen), minlength=mk) for _ in range(h)])
+    layout = _sizes_layout(q_sizes.view(b, h, mq), k_sizes.view(b, h, mk))
+    scores = torch.softmax(3 * torch.randn(b, h, mq, mk, generator=gen), -1)
+    for density, tile in ((0.05, 4096), (0.3, 1024), (0.8, 4096)):
+        expected = FixedDensity(density, backend="torch").select(scores, layout).selected
+        got = _triton_density(scores, layout.q_sizes, layout.k_sizes, density, tile)
+        assert torch.equal(got, expected), density
+    assert torch.equal(_triton_select(0.8, scores, layout), expected)
+
+
+@needs_triton
+def test_density_triton_reaches_target_at_realistic_sizes():
+    # N² ≈ 1.4·10¹⁰ pairs in blocks of thousands of tokens: int64 areas and T = ⌈density·N²⌉ as the torch path
+    gen = torch.Generator().manual_seed(19)
+    m, n = 40, 118_800
+    q_sizes = torch.bincount(torch.randint(m, (n,), generator=gen), minlength=m).view(1, 1, m)
+    k_sizes = torch.bincount(torch.randint(m, (n,), generator=gen), minlength=m).view(1, 1, m)
+    layout = _sizes_layout(q_sizes, k_sizes)
+    scores = torch.softmax(3 * torch.randn(1, 1, m, m, generator=gen), dim=-1)
+    for target in (0.1, 0.3):
+        selected = _triton_select(target, scores, layout)
+        assert covered_pairs(layout, selected, 0, 0) >= target * n * n
+        assert torch.equal(selected, FixedDensity(target, backend="torch").select(scores, layout).selected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Wan shape is too slow for the interpreter")
+def test_density_triton_matches_torch_backend_at_the_wan_shape():
+    # 300 × 1,000 blocks of 75,600 tokens per head, k-means-like skewed sizes and centroid-softmax-like scores
+    gen = torch.Generator().manual_seed(5)
+    b, h, mq, mk, n = 1, 4, 300, 1000, 75_600
+    q_sizes = torch.stack([torch.bincount(torch.multinomial(torch.rand(mq, generator=gen) ** 3, n, True,
+                                                            generator=gen), minlength=mq) for _ in range(h)])
+    k_sizes = torch.stack([torch.bincount(torch.multinomial(torch.rand(mk, generator=gen) ** 3, n, True,
+                                                            generator=gen), minlength=mk) for _ in range(h)])
+    layout = _sizes_layout(q_sizes.view(b, h, mq), k_sizes.view(b, h, mk))
+    scores = torch.softmax(4 * torch.randn(b, h, mq, mk, generator=gen), -1)
+    for density in (0.1, 0.15, 0.3):
+        expected = FixedDensity(density, backend="torch").select(scores, layout).selected
+        got = _triton_select(density, scores, layout)
+        assert torch.equal(got, expected), density
+
+
+def test_density_backend_choice_and_limits():
+    from sparseattn.kernels.triton_density import MAX_BLOCKS
+
+    with pytest.raises(ValueError, match="backend"):
+        FixedDensity(0.5, backend="cuda")
+    scores = torch.rand(1, 1, 2, 3, dtype=torch.float64)
+    layout = _sizes_layout(torch.ones(1, 1, 2, dtype=torch.long), torch.ones(1, 1, 3, dtype=torch.long))
+    # auto on CPU tensors is the torch path; an explicit triton backend lists what it cannot take
+    assert FixedDensity(0.5, backend="auto").select(scores, layout).selected.sum() >= 2
+    with pytest.raises(ValueError, match="float64"):
+        FixedDensity(0.5, backend="triton").select(scores, layout)
+    wide = torch.rand(1, 1, 1, MAX_BLOCKS + 1)
+    layout = _sizes_layout(torch.ones(1, 1, 1, dtype=torch.long), torch.ones(1, 1, MAX_BLOCKS + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="exceed"):
+        FixedDensity(0.5, backend="triton").select(wide, layout)
