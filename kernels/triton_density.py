@@ -50,8 +50,6 @@ TILE = 4096  # pairs per program (whole rows of next_power_of_2(Mk) lanes, sever
 COPIES = 4  # copies of the first level's histogram, spreading same-bucket atomic adds over addresses
 # radix levels over the 32-bit keys: (shift, bits)
 LEVELS = ((21, 11), (10, 11), (0, 10))
-_HIST = [(1 << bits) * (COPIES if level == 0 else 1) for level, (_, bits) in enumerate(LEVELS)]
-_STATE = sum(_HIST)  # per head: the three histograms, then [prefix, remaining target]
 SCORE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -134,10 +132,9 @@ def _find_kernel(STATE, QS, MQ, density_bits,
         target = tl.load(base + PREFIX + 1)
         prefix = tl.load(base + PREFIX).to(tl.int32)
     bins = tl.arange(0, 1 << BITS)
-    if NCOPY > 1:
-        hist = tl.sum(tl.load(base + OFFSET + bins[:, None] * NCOPY + tl.arange(0, NCOPY)[None, :]), 1)
-    else:
-        hist = tl.load(base + OFFSET + bins)
+    hist = tl.load(base + OFFSET + bins * NCOPY)
+    for c in tl.static_range(1, NCOPY):
+        hist += tl.load(base + OFFSET + bins * NCOPY + c)
     # the crossing bucket: the highest one whose area from it upwards reaches the target (bucket 0 when none does:
     # less area than the target, all of it kept; the remaining target then stays above every tied area)
     at_or_above = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist
@@ -173,23 +170,28 @@ def _mask_kernel(S, QS, KS, STATE, TIES, KEEP, H, MQ, MK, ssb, ssh, ssq, CHUNKS,
     for c0 in range(0, chunk, CBLOCK):
         c = c0 + tl.arange(0, CBLOCK)
         earlier += tl.load(TIES + bh * CHUNKS + c, mask=c < chunk, other=0)
-    tied_area = tl.where(key == tau, area, 0)
-    row_tied = tl.sum(tied_area, 1)
-    before = (tl.sum(earlier, 0) + (tl.cumsum(row_tied, 0) - row_tied)[:, None]
-              + tl.cumsum(tied_area, 1) - tied_area)
-    keep = (area > 0) & ((key > tau) | ((key == tau) & (before < remaining)))
+    tied = (key == tau) & (area > 0)
+    keep = (area > 0) & (key > tau)
+    if tl.max(tied.to(tl.int32)) != 0:  # the cumulative sums are costly and most tiles hold no tied pair
+        tied_area = tl.where(tied, area, 0)
+        row_tied = tl.sum(tied_area, 1)
+        before = (tl.sum(earlier, 0) + (tl.cumsum(row_tied, 0) - row_tied)[:, None]
+                  + tl.cumsum(tied_area, 1) - tied_area)
+        keep = keep | (tied & (before < remaining))
     best = tl.argmax(tl.where(live, sc.to(tl.float32), float("-inf")), 1, tie_break_left=True)
     keep = keep | (rmask[:, None] & (cols[None, :] == best[:, None]))
     ptrs = KEEP + bh * MQ * MK + rows[:, None].to(tl.int64) * MK + cols[None, :]
     tl.store(ptrs, keep.to(tl.int8), mask=live)
 
 
-def density_mask(scores: Tensor, q_sizes: Tensor, k_sizes: Tensor, density: float, tile: int = TILE) -> Tensor:
+def density_mask(scores: Tensor, q_sizes: Tensor, k_sizes: Tensor, density: float, tile: int = TILE,
+                 copies: int = COPIES) -> Tensor:
     """Boolean [B, H, Mq, Mk] mask of the density budget, row argmaxes included (see the module docstring).
 
     ``scores`` [B, H, Mq, Mk] float32, float16 or bfloat16 (values are divided in that dtype, as torch does);
     ``q_sizes`` [B, H, Mq], ``k_sizes`` [B, H, Mk] integer block sizes; ``0 < density ≤ 1``. ``tile``: pairs per
-    program (a power of two; smaller tiles only matter to tests, which want several chunks per head)."""
+    program (a power of two; smaller tiles only matter to tests, which want several chunks per head); ``copies``:
+    copies of the first level's histogram (≥ 1)."""
     if scores.dim() != 4:
         raise ValueError(f"scores must be [B, H, Mq, Mk], got shape {tuple(scores.shape)}")
     b, h, mq, mk = scores.shape
@@ -201,6 +203,8 @@ def density_mask(scores: Tensor, q_sizes: Tensor, k_sizes: Tensor, density: floa
         raise ValueError(f"density must be in (0, 1], got {density}")
     if tile & (tile - 1) or tile < 1:
         raise ValueError(f"tile must be a power of two, got {tile}")
+    if copies < 1:
+        raise ValueError(f"copies must be ≥ 1, got {copies}")
     keep = torch.empty(b, h, mq, mk, dtype=torch.bool, device=scores.device)
     bh = b * h
     if keep.numel() == 0:
@@ -212,7 +216,9 @@ def density_mask(scores: Tensor, q_sizes: Tensor, k_sizes: Tensor, density: floa
     block_k = max(16, triton.next_power_of_2(mk))
     rows = max(1, min(tile // block_k, triton.next_power_of_2(mq)))
     chunks = triton.cdiv(mq, rows)
-    stride = _STATE + 2
+    hist_sizes = [(1 << bits) * (copies if level == 0 else 1) for level, (_, bits) in enumerate(LEVELS)]
+    prefix_at = sum(hist_sizes)  # per head: the three histograms, then [prefix, remaining target]
+    stride = prefix_at + 2
     state = torch.zeros(bh, stride, dtype=torch.int64, device=scores.device)
     ties = torch.empty(bh, chunks, dtype=torch.int64, device=scores.device)
     grid = (chunks, bh)
@@ -221,15 +227,15 @@ def density_mask(scores: Tensor, q_sizes: Tensor, k_sizes: Tensor, density: floa
     density_bits = struct.unpack("<q", struct.pack("<d", float(density)))[0]
     offset = 0
     for level, (shift, bits) in enumerate(LEVELS):
-        ncopy = COPIES if level == 0 else 1
+        ncopy = copies if level == 0 else 1
         high = -(1 << (shift + bits)) if shift + bits < 32 else 0  # bits above this level's digit
         _hist_kernel[grid](scores, qs, ks, state, *tile_args, OFFSET=offset, SHIFT=shift, BITS=bits, HIGH=high,
-                           NCOPY=ncopy, STATE_STRIDE=stride, PREFIX=_STATE, ROWS=rows, BK=block_k, num_warps=warps)
+                           NCOPY=ncopy, STATE_STRIDE=stride, PREFIX=prefix_at, ROWS=rows, BK=block_k, num_warps=warps)
         _find_kernel[(bh,)](state, qs, mq, density_bits, OFFSET=offset, SHIFT=shift, BITS=bits, NCOPY=ncopy,
-                            FIRST=level == 0, STATE_STRIDE=stride, PREFIX=_STATE, QBLOCK=1024, num_warps=8)
-        offset += _HIST[level]
-    _ties_kernel[grid](scores, qs, ks, state, ties, *tile_args, chunks, STATE_STRIDE=stride, PREFIX=_STATE,
+                            FIRST=level == 0, STATE_STRIDE=stride, PREFIX=prefix_at, QBLOCK=1024, num_warps=8)
+        offset += hist_sizes[level]
+    _ties_kernel[grid](scores, qs, ks, state, ties, *tile_args, chunks, STATE_STRIDE=stride, PREFIX=prefix_at,
                        ROWS=rows, BK=block_k, num_warps=warps)
     _mask_kernel[grid](scores, qs, ks, state, ties, keep.view(torch.int8), *tile_args, chunks, STATE_STRIDE=stride,
-                       PREFIX=_STATE, ROWS=rows, BK=block_k, CBLOCK=128, num_warps=warps)
+                       PREFIX=prefix_at, ROWS=rows, BK=block_k, CBLOCK=128, num_warps=warps)
     return keep

@@ -254,10 +254,11 @@ def density_by_index(q_sizes: torch.Tensor, k_sizes: torch.Tensor, scores: torch
     return expected.scatter_(-1, scores.argmax(-1, keepdim=True), True)
 
 
-def _triton_density(scores, q_sizes, k_sizes, density, tile=None):
-    from sparseattn.kernels.triton_density import TILE, density_mask
+def _triton_density(scores, q_sizes, k_sizes, density, tile=None, copies=None):
+    from sparseattn.kernels.triton_density import COPIES, TILE, density_mask
 
-    return density_mask(*(t.to(TRITON_DEVICE) for t in (scores, q_sizes, k_sizes)), density, tile=tile or TILE).cpu()
+    return density_mask(*(t.to(TRITON_DEVICE) for t in (scores, q_sizes, k_sizes)), density, tile=tile or TILE,
+                        copies=copies or COPIES).cpu()
 
 
 @needs_triton
@@ -370,9 +371,9 @@ def test_density_triton_matches_torch_backend_on_continuous_scores():
     k_sizes = torch.stack([torch.bincount(torch.randint(mk, (n,), generator=gen), minlength=mk) for _ in range(h)])
     layout = _sizes_layout(q_sizes.view(b, h, mq), k_sizes.view(b, h, mk))
     scores = torch.softmax(3 * torch.randn(b, h, mq, mk, generator=gen), -1)
-    for density, tile in ((0.05, 4096), (0.3, 1024), (0.8, 4096)):
+    for density, tile, copies in ((0.05, 4096, 1), (0.3, 1024, 7), (0.8, 4096, None)):  # None: the default
         expected = FixedDensity(density, backend="torch").select(scores, layout).selected
-        got = _triton_density(scores, layout.q_sizes, layout.k_sizes, density, tile)
+        got = _triton_density(scores, layout.q_sizes, layout.k_sizes, density, tile, copies)
         assert torch.equal(got, expected), density
     assert torch.equal(_triton_select(0.8, scores, layout), expected)
 
