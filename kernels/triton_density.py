@@ -47,7 +47,7 @@ from torch import Tensor
 
 MAX_BLOCKS = 8192  # key blocks per row: a program holds whole rows (the row argmax and the tie order need them)
 TILE = 4096  # pairs per program (whole rows of next_power_of_2(Mk) lanes, several rows when Mk is small)
-COPIES = 4  # copies of the first level's histogram, spreading same-bucket atomic adds over addresses
+COPIES = 32  # first-level histogram copies (H100, Wan shape: 4 copies 0.91 ms per select, 16: 0.68, 32: 0.63)
 # radix levels over the 32-bit keys: (shift, bits)
 LEVELS = ((21, 11), (10, 11), (0, 10))
 SCORE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
