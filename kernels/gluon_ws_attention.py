@@ -692,9 +692,9 @@ class GluonWSBlockSparse(GluonBlockSparse):
     either kernel (measured 2–3% faster than free-running on one dense block, within ±1% on k-means layouts);
     ``pingpong=True`` hands them over through mbarriers and implies one program per item; ``pingpong=False``: the
     warpgroups issue as soon as their data is there. ``fuse_permutation`` defaults to ``"qkv"`` here: the producer
-    gathers K/V rows by index anyway, so reading them through kv_order costs the kernel about 1 ms at the Wan shape
-    (scattered rows) but saves the ≈ 1.1 ms copy of k and v into the key order; the whole call was 0.6 ms faster on
-    an H100 (docs/performance.md). ``"q"`` keeps the copy (the kernel alone is then slightly faster)."""
+    gathers K/V rows by index anyway, so reading them through kv_order (scattered 256-byte rows) cost the kernel 0–1.6%
+    on an H100 but saves the ≈ 1.1 ms copy of k and v into the key order: the whole call at the Wan shape was 0.8–1.3
+    ms faster (docs/performance.md). ``"q"`` keeps the copy."""
 
     fuse_permutation: str = "qkv"
     pingpong: bool | str = "named"

@@ -20,7 +20,7 @@ Plan (on the GPU, no host synchronisation, no O(N²) tensor):
     a ``tail_block_m``-row tile in a second launch instead, and (optionally) one of at most ``short_tail_block_m``
     rows a tile of that height in a third, which cuts the rows wasted on partial tiles (Wan 2.1 k-means layouts at
     15%: 20.7% of computed pairs with 128-row tiles only, 11.6% with 64-row tails, 9.0% with 32-row ones as well;
-    the third launch made the whole kernel 2–3% slower on an H100, so it is off by default). Work items
+    the third launch made the whole kernel 2–4.6% slower on an H100, so it is off by default). Work items
     (block, row tile) are laid out head-major with a fixed number of slots per head (Mq + ⌈N/block_m⌉ bounds the
     tile count, so the grid size is known without a sync), sorted by list length within a head, longest first;
     unused slots exit at once.
@@ -240,8 +240,9 @@ class TritonBlockSparse(SparseKernel):
     remainder of at most ``tail_block_m`` rows goes to a second launch with ``tail_block_m`` × ``tail_block_n``
     tiles (0, or a value ≥ block_m, disables it), and one of at most ``short_tail_block_m`` rows to a third with
     ``short_tail_block_m`` × ``tail_block_n`` tiles (0, the default, or a value ≥ tail_block_m, disables it): fewer
-    computed pairs wasted on padding rows, but measured 2–3% slower in all (docs/performance.md). ``num_warps``/``num_stages``: launch options of the main pass
-    (``None``: defaults tuned on H100, see benchmarks/NOTES.md). ``max_index_bytes``: largest key-index buffer
+    computed pairs wasted on padding rows, but measured 2–4.6% slower in all (docs/performance.md).
+    ``num_warps``/``num_stages``: launch options of the main pass (``None``: defaults tuned on H100, see
+    benchmarks/NOTES.md). ``max_index_bytes``: largest key-index buffer
     sized from the sync-free upper bound B·H·Mq·N·4 bytes (beyond it the plan sizes the buffer exactly, which
     synchronises with the host). A plan is valid until the next ``plan()`` of the same object.
     ``fuse_permutation``: which permutation the kernel does itself by reading through the layout's orders instead of

@@ -149,4 +149,3 @@ class FixedDensity(BudgetController):
         selected = torch.zeros_like(value, dtype=torch.bool).scatter_(-1, order, keep).reshape(b, h, mq, mk)
         best = scores.argmax(dim=-1, keepdim=True)
         return BlockMask(selected.scatter_(-1, best, True))
-
