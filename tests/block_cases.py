@@ -1,11 +1,34 @@
-"""Random block layouts shared by the kernel tests (block sizes for tests/test_triton_kernels.py; layouts and the
-GPU helpers for tests/test_gluon_kernel.py and tests/test_gluon_ws_kernel.py); tests/conftest.py puts this folder on
-sys.path so they can import it."""
+"""Random block layouts shared by the kernel tests (block sizes for tests/test_triton_kernels.py; layouts, the named
+random cases and the GPU helpers for the Hopper kernel tests: tests/test_hopper_kernels.py, test_gluon_kernel.py,
+test_gluon_ws_kernel.py); tests/conftest.py puts this folder on sys.path so they can import it."""
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 
 from sparseattn.interfaces import Layout
+
+TOL = {torch.bfloat16: 1.5e-2, torch.float16: 3e-3}  # ‖out − ref‖/‖ref‖ of the Hopper kernels
+
+CASES = {
+    # name: (B, H, N, D, Mq, Mk, density, empty fraction)
+    "clusters, some empty, N % 128 ≠ 0": (1, 3, 3001, 128, 9, 17, 0.35, 0.25),
+    "many tiny clusters": (1, 2, 1500, 128, 60, 90, 0.3, 0.1),
+    "batch 2, long lists": (2, 2, 4099, 128, 4, 6, 0.7, 0.0),
+    "head dim 64": (1, 2, 2001, 64, 7, 11, 0.4, 0.2),
+    "token orders (fused permutation)": (1, 2, 2500, 128, 8, 12, 0.4, 0.2),
+    "many work items (several per program)": (1, 8, 9000, 128, 40, 50, 0.2, 0.1),
+}
+
+
+def _hopper() -> bool:
+    return (torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+            and torch.cuda.get_device_capability() == (9, 0))
+
+
+needs_hopper = pytest.mark.skipif(not _hopper(), reason="needs a compute-capability-9.0 GPU, not the interpreter")
 
 
 def sizes(gen: torch.Generator, n: int, m: int, empty: float = 0.0, one_token: bool = False) -> torch.Tensor:
@@ -53,3 +76,32 @@ def through(kernel, q, k, v, layout, mask):
     """A kernel's whole protocol: permute, plan, run, unpermute (output in the original token order)."""
     qp, kp, vp = kernel.permute(q, k, v, layout)
     return kernel.unpermute(kernel.run(kernel.plan(layout, mask, qp), qp, kp, vp), layout)
+
+
+def random_case(case: str):
+    """(generator, (B, H, N, D), q_sizes, k_sizes, selected) of a named case of CASES: one-token and empty blocks;
+    query block 0 selects every key block, 1 exactly one non-empty key block, 2 (if any) none."""
+    b, h, n, d, mq, mk, density, empty = CASES[case]
+    gen = torch.Generator().manual_seed(sum(map(ord, case)))
+    q_sizes = torch.stack([sizes(gen, n, mq, empty, one_token=True) for _ in range(b * h)]).reshape(b, h, mq)
+    k_sizes = torch.stack([sizes(gen, n, mk, empty, one_token=True) for _ in range(b * h)]).reshape(b, h, mk)
+    selected = torch.rand(b, h, mq, mk, generator=gen) < density
+    selected[..., 0, :] = True
+    selected[..., 1, :] = False
+    selected[..., 1, int(k_sizes[0, 0].argmax())] = True
+    if mq > 2:
+        selected[..., 2, :] = False
+    return gen, (b, h, n, d), q_sizes, k_sizes, selected
+
+
+def check(kernel, q, k, v, layout, mask, dtype, case):
+    """``kernel``'s whole path against the reference kernel's, within TOL; returns the output."""
+    from sparseattn.kernels.reference import TorchBlockSparse
+
+    out = through(kernel, q, k, v, layout, mask)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert bool(torch.isfinite(out).all()), case
+    err = rel(out, through(TorchBlockSparse(), q, k, v, layout, mask))
+    print(f"{kernel.name} {case}: ‖out − ref‖/‖ref‖ = {err:.2e}")
+    assert err <= TOL[dtype], (case, err)
+    return out
