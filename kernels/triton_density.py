@@ -10,13 +10,14 @@ i·Mk + j, smallest first (the torch reference's argsort leaves their order unsp
 Why not sort: the reference argsorts 12M values per call at the Wan shape (40 heads × 300 × 1,000 pairs), gathers
 and scans them (1.9 ms per call on an H100, against 0.63 ms for this select: docs/performance.md), yet only one
 number per head matters: the value τ of the pair that crosses T. Every pair above τ is kept and every pair below it
-is not, so the selection needs τ and the area still missing at τ, not an order. τ is found exactly by a radix
-select over the values' bit patterns: a float's bits, with negative floats' magnitude bits flipped (-0 merged into
-+0), order like the floats as integers, so three histogram levels of 11 + 11 + 10 bits, each weighted by area and
-each restricted to the pairs whose higher bits match the digits found so far, pin τ down: per level a "find" program walks the histogram from the top and takes the bucket where the area
-above it stops being short of the remaining target. What is left of T at τ, T_rem > 0, is then spent on the pairs
-tied at τ in index order, which needs the tied area of every earlier chunk of pairs: one pass writes each chunk's
-tied area, and the mask pass sums its predecessors' (a few hundred numbers per head, no scan launch).
+is not, so the selection needs τ and the area still missing at τ, not an order. τ is found exactly by a radix select
+over the values' bit patterns: a float's bits, with negative floats' magnitude bits flipped (-0 merged into +0),
+order like the floats as integers, so three histogram levels of 11 + 11 + 10 bits, each weighted by area and each
+restricted to the pairs whose higher bits match the digits found so far, pin τ down: per level a "find" program
+walks the histogram from the top and takes the bucket where the area above it stops being short of the remaining
+target. What is left of T at τ, T_rem > 0, is then spent on the pairs tied at τ in index order, which needs the tied
+area of every earlier chunk of pairs: one pass writes each chunk's tied area, and the mask pass sums its
+predecessors' (a few hundred numbers per head, no scan launch).
 
 Launches per call: one zero-fill of the histograms (torch), three histogram + three find launches, one tied-area
 launch, one mask launch (it also takes the row argmax): 9 in all, none with a data-dependent shape and no host
