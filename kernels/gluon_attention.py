@@ -146,6 +146,19 @@ def _step(j, q_smem, k_smem, v_smem, Kh, Vh, skn, svn, lst, L, o, m_i, l_i, p_cu
 # Attention kernel (main pass)
 # ----------------------------------------------------------------------------------------------------------------
 @gluon.jit
+def _work_item(pid, blk, WORK_R, Q_OFF, LENS, LIST_OFF, LIST, H, MQ, SLOTS, BLOCK_M: gl.constexpr):
+    """Work item ``pid`` of a one-program-per-item launch (query block ``blk``, a used slot): its (batch, head)
+    index bh, b, h, its query rows [q_start, q_end) and its key list (length L, first entry lst)."""
+    r = gl.load(WORK_R + pid)
+    bh = (pid // SLOTS).to(gl.int64)
+    q_start = gl.load(Q_OFF + bh * (MQ + 1) + blk) + r * BLOCK_M
+    q_end = gl.load(Q_OFF + bh * (MQ + 1) + blk + 1)
+    L = gl.load(LENS + bh * MQ + blk)
+    lst = LIST + gl.load(LIST_OFF + bh * MQ + blk)
+    return bh, bh // H, bh % H, q_start, q_end, L, lst
+
+
+@gluon.jit
 def _gluon_sparse_attn_fwd_kernel(
     Q, K, V, O, Q_ROWS,
     Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R,
@@ -177,14 +190,8 @@ def _gluon_sparse_attn_fwd_kernel(
     pid = gl.program_id(0)
     blk = gl.load(WORK_I + pid)
     if blk >= 0:
-        r = gl.load(WORK_R + pid)
-        bh = (pid // SLOTS).to(gl.int64)
-        b = bh // H
-        h = bh % H
-        q_start = gl.load(Q_OFF + bh * (MQ + 1) + blk) + r * BLOCK_M
-        q_end = gl.load(Q_OFF + bh * (MQ + 1) + blk + 1)
-        L = gl.load(LENS + bh * MQ + blk)
-        lst = LIST + gl.load(LIST_OFF + bh * MQ + blk)
+        bh, b, h, q_start, q_end, L, lst = _work_item(pid, blk, WORK_R, Q_OFF, LENS, LIST_OFF, LIST, H, MQ, SLOTS,
+                                                      BLOCK_M)
         Kh = K + b * skb + h * skh
         Vh = V + b * svb + h * svh
 

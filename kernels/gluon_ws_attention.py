@@ -114,7 +114,7 @@ from torch import Tensor
 
 from sparseattn.registry import register
 
-from .gluon_attention import GluonBlockSparse, _softmax
+from .gluon_attention import GluonBlockSparse, _softmax, _work_item
 from .triton_attention import LOG2E, TritonPlan
 
 from triton.experimental import gluon
@@ -572,14 +572,8 @@ def _gluon_ws_sparse_attn_fwd_kernel(
     pid = gl.program_id(0)
     blk = gl.load(WORK_I + pid)
     if blk >= 0:
-        r = gl.load(WORK_R + pid)
-        bh = (pid // SLOTS).to(gl.int64)
-        b = bh // H
-        h = bh % H
-        q_start = gl.load(Q_OFF + bh * (MQ + 1) + blk) + r * BLOCK_M
-        q_end = gl.load(Q_OFF + bh * (MQ + 1) + blk + 1)
-        L = gl.load(LENS + bh * MQ + blk)
-        lst = LIST + gl.load(LIST_OFF + bh * MQ + blk)
+        bh, b, h, q_start, q_end, L, lst = _work_item(pid, blk, WORK_R, Q_OFF, LENS, LIST_OFF, LIST, H, MQ, SLOTS,
+                                                      BLOCK_M)
         row_base = bh * N
 
         q_smem = gl.allocate_shared_memory(dtype, [2, WG_ROWS, HEAD_DIM], smem_layout)

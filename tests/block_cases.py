@@ -4,6 +4,7 @@ test_gluon_ws_kernel.py); tests/conftest.py puts this folder on sys.path so they
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -105,3 +106,14 @@ def check(kernel, q, k, v, layout, mask, dtype, case):
     print(f"{kernel.name} {case}: ‖out − ref‖/‖ref‖ = {err:.2e}")
     assert err <= TOL[dtype], (case, err)
     return out
+
+
+def check_hopper_ptx(ptx: str, shared_bytes: int) -> list[int]:
+    """What the PTX of every Hopper attention kernel must show: asynchronous wgmma with a product left in flight (a
+    non-zero wait count), 16-byte cp.async gathers, shared memory within the opt-in limit. Returns the wait counts."""
+    waits = [int(w) for w in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)]
+    assert "wgmma.mma_async" in ptx
+    assert any(w > 0 for w in waits), f"every wgmma wait has 0 pending (no overlap): {waits}"
+    assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 0x10", ptx), "no 16-byte cp.async"
+    assert shared_bytes <= 232448, shared_bytes  # H100/H200 opt-in limit per block
+    return waits
