@@ -24,6 +24,17 @@ holds −2c for bf16 and c for float16). ‖x‖² is left out of the distance: 
 Stage reuse: tile t+3 overwrites the stage of tile t−1, whose product every warp waited for in iteration t−1, before
 the barrier of iteration t. Shared memory: x 32 KB + 4 × 16 KB at D 128, 64 centroids per tile: two programs per SM.
 
+The points are the products' register operand (``A_REGS``, the default since the sixth session): loaded once per
+item from shared memory, so each product reads only its centroid tile there. With both operands in shared memory a
+128 × 64 × 128 product reads 64 KB of it against 32 KB, as many cycles at 128 B/cycle as its arithmetic takes.
+H100, Wan shape, interleaved rounds (benchmarks/results/h100-2026-11-27-s6-run{1,2}-kmeans-variants.log, where
+"persistent" is this kernel with ``A_REGS`` off): assign 1.85 ms (rounds 1.846–1.851) against 1.92–2.08 ms for 1,000
+clusters on one machine, 1.88–2.13 against 2.02–2.19 ms on another; 0.913–0.925 against 0.931–0.950 ms for 300;
+labels identical. Also tried there, slower: 128 × 128 tiles with two warpgroups (2.49–2.68 ms), two warpgroups with
+register operands (2.36–2.44 ms; capped at 128 registers for two programs per SM: 2.53–2.69 ms), 64 × 128 tiles in a
+3-stage ring (2.33–2.48 ms: each program streams all centroids for half as many points), rings of 3 or 5 stages (no
+faster).
+
 Persistent (``PERSISTENT``, the default launch): about two programs per SM, each looping over work items (group, point
 tile) with a static stride, group-major (the items in flight at once are neighbours: one group's centroids, an L2
 hit). After an item's last product the program loads its points from shared memory into registers, waits at a
@@ -104,7 +115,8 @@ def _fold_tile(best, s, csq, t, FOLD: gl.constexpr, TILE_BITS: gl.constexpr):
 
 @gluon.jit
 def _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout: gl.constexpr, acc_layout: gl.constexpr, FOLD: gl.constexpr,
-              TILE_BITS: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr):
+              TILE_BITS: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr,
+              A_REGS: gl.constexpr):
     """The running packed minimum per (point, column slot) over all centroid tiles of group g, for the points in
     x_smem (copied by ``_issue_item``, three copy groups outstanding). Returns with every copy landed and every
     product retired (this warp's: a barrier makes the shared memory free for the next item)."""
@@ -118,7 +130,11 @@ def _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout: gl.constexpr, acc_lay
     async_copy.wait_group(2)  # x and C_0 landed
     fence_async_shared()
     gl.thread_barrier()
-    tok = warpgroup_mma(x_smem, c_smem.index(0).permute((1, 0)), zeros, use_acc=False, is_async=True)
+    if A_REGS:  # the points as the register operand: the products read only the centroid tiles from shared memory
+        xa = x_smem.load(gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2))
+    else:
+        xa = x_smem
+    tok = warpgroup_mma(xa, c_smem.index(0).permute((1, 0)), zeros, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=[tok])
     csq = gl.load(CSQ + g * C + slots, mask=slots < C, other=far)
     best = gl.full_like(zeros, float("inf"))
@@ -129,7 +145,7 @@ def _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout: gl.constexpr, acc_lay
         _copy_tile(c_smem.index((t + 3) % STAGES), c_base, t + 3, crow, cols, C, BLOCK_C, BLOCK_D)
         async_copy.commit_group()
         # issued only now that S_t has retired (C7514/C7515 in the module docstring); S_t is folded under it
-        tok = warpgroup_mma(x_smem, c_smem.index((t + 1) % STAGES).permute((1, 0)), zeros, use_acc=False,
+        tok = warpgroup_mma(xa, c_smem.index((t + 1) % STAGES).permute((1, 0)), zeros, use_acc=False,
                             is_async=True)
         cen = (t + 1) * BLOCK_C + slots
         csq_next = gl.load(CSQ + g * C + cen, mask=cen < C, other=far)
@@ -182,7 +198,7 @@ def _gluon_assign_kernel(
     it, tol, N, C, G, sxg, sxn,
     BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr, MAX_IT: gl.constexpr,
     USE_TOL: gl.constexpr, TILE_BITS: gl.constexpr, FOLD: gl.constexpr, ACCUMULATE: gl.constexpr,
-    COPIES: gl.constexpr = 1, PERSISTENT: gl.constexpr = False,
+    COPIES: gl.constexpr = 1, PERSISTENT: gl.constexpr = False, A_REGS: gl.constexpr = True,
 ):
     """Arguments as ``_assign_kernel`` (triton_kmeans.py) with D = BLOCK_D (rows of 16-byte copies, so no column
     mask) and G the number of groups; X and CD share the operand dtype (bf16 or float16). PERSISTENT: a 1-D grid of
@@ -224,7 +240,7 @@ def _gluon_assign_kernel(
                 p = w % tiles
                 z = _opaque_zero(w)  # keeps the item's index arithmetic inside the loop (see _opaque_zero)
                 best = _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout, acc_layout, FOLD, TILE_BITS,
-                                 BLOCK_P, BLOCK_C, BLOCK_D)
+                                 BLOCK_P, BLOCK_C, BLOCK_D, A_REGS)
                 if ACCUMULATE:  # the points for the atomics, before the next item's copy lands
                     x = x_smem.load(row_layout)
                 gl.thread_barrier()  # every warp is past its last product (and its read of x)
@@ -242,7 +258,7 @@ def _gluon_assign_kernel(
             g = gl.program_id(1).to(gl.int64)
             _issue_item(x_smem, c_smem, X, CD, g, p, N, C, sxg, sxn, 0, ld_layout, BLOCK_P, BLOCK_C, BLOCK_D)
             best = _products(x_smem, c_smem, CD, CSQ, g, C, 0, ld_layout, acc_layout, FOLD, TILE_BITS, BLOCK_P,
-                             BLOCK_C, BLOCK_D)
+                             BLOCK_C, BLOCK_D, A_REGS)
             best_idx = _labels(best, C, 0, acc_layout, BLOCK_C, TILE_BITS)
             rows = p * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, acc_layout))
             gl.store(LABELS + g * N + rows, best_idx.to(gl.int64), mask=rows < N)
@@ -252,7 +268,8 @@ def _gluon_assign_kernel(
 
 
 def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 4, maxnreg: int = 0, dtype: str = "bf16",
-                 accumulate: bool = True, tile_bits: int = 4, copies: int = 1, persistent: bool = True):
+                 accumulate: bool = True, tile_bits: int = 4, copies: int = 1, persistent: bool = True,
+                 a_regs: bool = True):
     """Compile the kernel for sm_90 without a GPU (for inspection and the CPU test); the defaults are the launch
     options ``TritonKMeans`` uses. Returns ``triton.compile``'s result (``.asm["ptx"]``, ``.metadata.shared``)."""
     import triton
@@ -263,12 +280,13 @@ def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 4, maxn
     types = [f"*{dtype}", f"*{dtype}", "*fp32", "*i64", "*fp32", "*i32", "*fp32", "i32", "fp32"] + ["i32"] * 5
     signature = dict(zip(names, types))
     signature.update({k: "constexpr" for k in ("BLOCK_P", "BLOCK_C", "BLOCK_D", "MAX_IT", "USE_TOL", "TILE_BITS",
-                                               "FOLD", "ACCUMULATE", "COPIES", "PERSISTENT")})
+                                               "FOLD", "ACCUMULATE", "COPIES", "PERSISTENT",
+                                               "A_REGS")})
     aligned = [i for i, name in enumerate(names) if types[i].startswith("*") or name in ("sxg", "sxn")]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = GluonASTSource(_gluon_assign_kernel, signature=signature, attrs=attrs,
                          constexprs=dict(BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_D=128, MAX_IT=2, USE_TOL=False,
                                          TILE_BITS=tile_bits, FOLD=dtype == "bf16", ACCUMULATE=accumulate,
-                                         COPIES=copies, PERSISTENT=bool(persistent)))
+                                         COPIES=copies, PERSISTENT=bool(persistent), A_REGS=bool(a_regs)))
     options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)

@@ -260,6 +260,9 @@ class TritonKMeans(Clusterer):
     # gluon: False: one program per (point tile, group); True: persistent (~2 programs per SM loop over the work
     # items, the next item's copies overlap this one's labels and atomics; H100, Wan shape: 2-4% faster assignment)
     _persistent: bool = field(default=True, repr=False)
+    # gluon: the points as the products' register operand (False: read from shared memory by every product, the
+    # default until the sixth session; H100, Wan shape: 2-8% slower)
+    _a_regs: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -444,6 +447,7 @@ class TritonKMeans(Clusterer):
             x, cd, csq, labels, sums, counts, shift,
             it, float(tol), n, c, groups, x.stride(0), x.stride(1),
             BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=d, MAX_IT=max_it, USE_TOL=tol > 0, TILE_BITS=tile_bits, FOLD=fold,
-            ACCUMULATE=self._accumulate, COPIES=sums.shape[0], PERSISTENT=self._persistent, num_warps=warps,
+            ACCUMULATE=self._accumulate, COPIES=sums.shape[0], PERSISTENT=self._persistent, A_REGS=self._a_regs,
+            num_warps=warps,
             **options,
         )

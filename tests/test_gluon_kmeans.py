@@ -32,25 +32,26 @@ def _hopper() -> bool:
 
 needs_hopper = pytest.mark.skipif(not _hopper(), reason="needs a compute-capability-9.0 GPU, not the interpreter")
 
-# (points per program, warps, register cap, dtype, accumulate, persistent: 0 one item per program, 1 persistent):
-# the default launch for bf16, float16 and the assignment-only diagnostic, the one-item-per-program kernels, and two
-# warpgroups capped at 128 registers
-VARIANTS = [(128, 4, 0, "bf16", True, 1), (128, 4, 0, "fp16", True, 1), (128, 4, 0, "bf16", False, 1),
-            (128, 4, 0, "bf16", True, 0), (128, 4, 0, "fp16", True, 0),
-            (128, 8, 128, "bf16", True, 0), (128, 8, 128, "bf16", True, 1)]
+# (points per program, warps, register cap, dtype, accumulate, persistent: 0 one item per program, 1 persistent,
+# points as the register operand): the default launch for bf16, float16 and the assignment-only diagnostic, the
+# one-item-per-program kernels, the points read from shared memory, and two warpgroups capped at 128 registers
+VARIANTS = [(128, 4, 0, "bf16", True, 1, 1), (128, 4, 0, "fp16", True, 1, 1), (128, 4, 0, "bf16", False, 1, 1),
+            (128, 4, 0, "bf16", True, 0, 1), (128, 4, 0, "fp16", True, 0, 1), (128, 4, 0, "bf16", True, 1, 0),
+            (128, 8, 128, "bf16", True, 0, 0), (128, 8, 128, "bf16", True, 1, 0)]
 # bytes of local memory the persistent kernel may use outside the product loop (H100 runs: a per-item value or two
 # kept there costs nothing measurable); with two warpgroups capped at 128 registers it needs more (a diagnostic)
 PERSISTENT_SPILL = {4: 16, 8: 128}
 
 
-def _name(block_p, warps, maxnreg, dtype, accumulate, persistent) -> str:
-    return f"{block_p}_{warps}_{maxnreg}_{dtype}_{int(accumulate)}_{persistent}"
+def _name(block_p, warps, maxnreg, dtype, accumulate, persistent, a_regs) -> str:
+    return f"{block_p}_{warps}_{maxnreg}_{dtype}_{int(accumulate)}_{persistent}_{a_regs}"
 
 
 @pytest.fixture(scope="module")
 def compiled(compile_sm90):
     return compile_sm90("sparseattn.clustering.gluon_kmeans", {
-        _name(*v): dict(block_p=v[0], num_warps=v[1], maxnreg=v[2], dtype=v[3], accumulate=v[4], persistent=v[5])
+        _name(*v): dict(block_p=v[0], num_warps=v[1], maxnreg=v[2], dtype=v[3], accumulate=v[4], persistent=v[5],
+                        a_regs=bool(v[6]))
         for v in VARIANTS})
 
 
@@ -77,11 +78,11 @@ def _product_loops(cubin) -> list:
     return [[text for addr, text in code if lo <= addr <= hi] for lo, hi in inner]
 
 
-@pytest.mark.parametrize("block_p,warps,maxnreg,dtype,accumulate,persistent", VARIANTS)
+@pytest.mark.parametrize("block_p,warps,maxnreg,dtype,accumulate,persistent,a_regs", VARIANTS)
 def test_compiles_for_sm90_without_spills_or_serialised_wgmma(compiled, ptxas, block_p, warps, maxnreg, dtype,
-                                                              accumulate, persistent):
+                                                              accumulate, persistent, a_regs):
     folder, shared = compiled
-    name = _name(block_p, warps, maxnreg, dtype, accumulate, persistent)
+    name = _name(block_p, warps, maxnreg, dtype, accumulate, persistent, a_regs)
     ptx = (folder / f"{name}.ptx").read_text()
     assert "wgmma.mma_async" in ptx
     assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 0x10", ptx), "no 16-byte cp.async"
@@ -108,7 +109,7 @@ def test_persistent_product_loop_no_longer_than_one_item_per_program(compiled, p
     folder, _ = compiled
     lengths = {}
     for persistent in (0, 1):
-        name = _name(128, 4, 0, dtype, True, persistent)
+        name = _name(128, 4, 0, dtype, True, persistent, 1)
         ptxas(folder / f"{name}.ptx")  # writes the cubin
         lengths[persistent] = max(len(loop) for loop in _product_loops(folder / f"{name}.ptx.cubin"))
     print(f"{dtype}: product loop {lengths[1]} instructions persistent, {lengths[0]} one item per program")
@@ -162,16 +163,19 @@ def test_cuda_gluon_assignment_matches_triton_and_torch(n, clusters, dtype, pers
 @pytest.mark.parametrize("n,clusters,groups", [(75600, 300, 6), (20037, 1000, 3), (129, 64, 2)])
 def test_cuda_persistent_equals_one_item_per_program(n, clusters, groups, copies):
     """The same packed argmin: identical labels and sizes; sums differ by float32 summation order only. More work
-    items than programs (the stride loop), fewer (129 points × 2 groups: 4 items), and the copies of the sums."""
+    items than programs (the stride loop), fewer (129 points × 2 groups: 4 items), and the copies of the sums. The
+    points as the register operand (the default) or read from shared memory: the same products."""
     gen = torch.Generator(device="cuda").manual_seed(7)
     x = torch.randn(groups, n, 128, device="cuda", generator=gen)
     init = init_centroids(x, clusters, seed=8)
     xb = x.bfloat16()
     one = TritonKMeans(assign_kernel="gluon", _persistent=False, sum_copies=copies).fit(xb, init, 1)
     per = TritonKMeans(assign_kernel="gluon", _persistent=True, sum_copies=copies).fit(xb, init, 1)
-    assert torch.equal(one.labels, per.labels)
-    assert torch.equal(one.sizes, per.sizes)
-    torch.testing.assert_close(per.centroids, one.centroids, rtol=1e-5, atol=1e-5)
+    smem = TritonKMeans(assign_kernel="gluon", _a_regs=False, sum_copies=copies).fit(xb, init, 1)
+    for other in (one, smem):
+        assert torch.equal(other.labels, per.labels)
+        assert torch.equal(other.sizes, per.sizes)
+        torch.testing.assert_close(per.centroids, other.centroids, rtol=1e-5, atol=1e-5)
 
 
 @needs_hopper
