@@ -11,7 +11,7 @@ clock and thermal drift hit every kernel alike); times are medians of CUDA-event
 table shows the best round. Effective TFLOP/s = 4·D·(selected pairs)/time, and "vs cuDNN" is that over cuDNN's dense
 TFLOP/s. Each kernel's output is compared with kernel ``triton``'s (‖out − ref‖/‖ref‖) and, for the persistent
 variants, with one-program-per-item ``gluon_ws``'s (bit for bit). ``--set pingpong``: the persistent kernel free-running
-(``pingpong=False``) against its ping-pong through named barriers (``pingpong="named"``, the default since
+(``pingpong=False``) against its ping-pong through named barriers (``pingpong=True``, the default since
 benchmarks/results/h100-2026-11-27-s4-gluonws-named-pingpong-run1/2.log, which ran this set when free-running was
 the default), compared bit for bit with the former; ``--set schedules`` runs the kernel's defaults; ``--set
 tails-fuse``: on k, v copied into the key order (``fuse_permutation="q"``, the default before the fifth session),
@@ -90,7 +90,7 @@ def main():
     bench.log(f"  SDPA cudnn dense {cudnn_ms:9.2f} ms {cudnn_tf:6.0f} TFLOP/s")
     if args.set == "pingpong":
         kernels = [("triton", TritonBlockSparse()), ("gluon_ws persistent", GluonWSBlockSparse(pingpong=False)),
-                   ("gluon_ws persistent named pp", GluonWSBlockSparse(pingpong="named"))]
+                   ("gluon_ws persistent named pp", GluonWSBlockSparse(pingpong=True))]
     elif args.set == "tails-fuse":
         kernels = [("triton", TritonBlockSparse()), ("gluon_ws fuse q", GluonWSBlockSparse(fuse_permutation="q")),
                    ("gluon_ws fuse q, 32-row tails", GluonWSBlockSparse(fuse_permutation="q", short_tail_block_m=32)),

@@ -19,9 +19,8 @@ partitions with ``gl.warp_specialize``, FlashAttention-3 style:
     kernel ``gluon``), O rescaled between the two issues so the multiply runs under the score product
     (FlashAttention-3's order, ``early_rescale``), online softmax in fp32 with exp2 and the scale folded into one
     FMA. The two warpgroups issue their products in strict alternation (``pingpong``, FlashAttention-3's
-    inter-warpgroup schedule), so one warpgroup's softmax runs under the other's products. By default
-    (``pingpong="named"``) the turns are handed over through two hardware named barriers, as FlashAttention-3's
-    warp-scheduler barriers: warpgroup w waits with ``bar.sync 8 + w, 256`` right before issuing its products and,
+    inter-warpgroup schedule), so one warpgroup's softmax runs under the other's products. The turns are handed
+    over through two hardware named barriers, as FlashAttention-3's warp-scheduler barriers: warpgroup w waits with ``bar.sync 8 + w, 256`` right before issuing its products and,
     right after issuing them, counts itself on the other's barrier with ``bar.arrive 9 − w, 256`` (Gluon has no API
     for them: inline asm with side effects, one element per thread; ids 8 and 9, which Triton does not use: it takes
     0, 1 and one per worker partition, 2 and 3). Warpgroup 1 arrives once on warpgroup 0's barrier before its first
@@ -29,8 +28,7 @@ partitions with ``gl.warp_specialize``, FlashAttention-3 style:
     tile's score product with the previous P·V, the rescale between them; the item's last P·V is outside the turns,
     as in FlashAttention-3), and warpgroup 0 consumes warpgroup 1's last hand-over before the program ends. Both
     warpgroups run the same items with the same tile counts, so in the persistent kernel the alternation runs on
-    across items. ``pingpong=True`` hands the turns over through two "turn" mbarriers instead (one-program-per-item
-    kernel only; slower, below); ``pingpong=False`` lets the warpgroups issue as soon as their data is there.
+    across items. ``pingpong=False`` lets the warpgroups issue as soon as their data is there.
 
 Proxy fence: cp.async writes shared memory through the generic proxy while wgmma reads it through the async proxy.
 The producer cannot fence its own writes (they complete after it has moved on), so each consumer thread, after its
@@ -60,8 +58,7 @@ skipping unused slots, and hands the slot index to both consumer warpgroups thro
 item_full mbarriers; the slot of item i + 2 is rewritten only after q_empty of item i, which follows the consumers'
 read) or by a static stride (program p runs slots p, p + nprog, …). The order stays head-major (the work list's), which
 keeps the K/V being gathered in L2; no host synchronisation (CUDA-graph capturable). Outputs equal the one-program-per-
-item kernel's bit for bit (each item runs the same instructions). The mbarrier ping-pong (``pingpong=True``) runs the
-one-program-per-item kernel.
+item kernel's bit for bit (each item runs the same instructions).
 
 Registers (ptxas, sm_90a, no spills): launched at 168 per thread (12 warps); the producer drops to 64, consumer
 warpgroup 0 (the default partition) rises to 224 and warpgroup 1 to 216. The producer spilled at 40–56.
@@ -70,9 +67,10 @@ Measured (H100 SXM, Wan 2.1 720p B1 H40 N75600 D128 bf16, benchmarks/gluon_ws_de
 benchmarks/results/h100-2026-11-27-s3-gluonws-run2.log): one block holding every token 233.9 ms = 500 TFLOP/s,
 0.83× cuDNN (195.3 ms), against 269.8 ms (triton) and 275.5 ms (gluon); k-means layouts at 10/15/30% 30.3/43.0/86.0 ms
 (triton 31.7/45.7/90.8, gluon 33.7/48.3/96.6), 0.66–0.69× cuDNN in effective TFLOP/s with 11–12% tile waste. With
-``pingpong`` one block took 251.2 ms (0.78×): the hand-over through an mbarrier (a warpgroup barrier, an arrive, a
-try_wait poll) sits on every iteration's critical path, while the unsynchronised warpgroups already interleave on
-the tensor cores; FlashAttention-3 hands over with named barriers (bar.sync/bar.arrive), which Gluon does not expose.
+a ping-pong handing the turns over through two mbarriers one block took 251.2 ms (0.78×): the hand-over (a warpgroup
+barrier, an arrive, a try_wait poll) sits on every iteration's critical path, while the unsynchronised warpgroups
+already interleave on the tensor cores; FlashAttention-3 hands over with named barriers (bar.sync/bar.arrive), which
+Gluon does not expose (the named-barrier version below; the mbarrier one was removed in the sixth session).
 ``early_rescale=False`` took 236.8 ms. The sparse cases gain less than the dense one: there the Triton tail pass,
 each program's prologue (Q and the first tile, not overlapped: one work item per program) and the uneven list
 lengths remain.
@@ -136,11 +134,6 @@ PRODUCER_WARPS = gl.constexpr(4)
 # key indices and 64-bit addresses); the consumers need no more than 216 (ptxas: no spills).
 PRODUCER_REGS = gl.constexpr(64)
 CONSUMER_REGS = gl.constexpr(216)
-# Ping-pong modes (the PINGPONG constexpr): off, hand-over through two "turn" mbarriers (one-program-per-item kernel
-# only), or through two hardware named barriers (bar.sync / bar.arrive, as FlashAttention-3).
-PP_OFF = gl.constexpr(0)
-PP_MBARRIER = gl.constexpr(1)
-PP_NAMED = gl.constexpr(2)
 # Named-barrier ids of the two turns (warpgroup w waits on TURN_BAR + w). Triton uses 0 (the default partition's
 # warps), 1 (the whole CTA, around warp_specialize) and 2, 3 (one per worker partition); 16 exist per CTA.
 TURN_BAR = gl.constexpr(8)
@@ -341,37 +334,33 @@ def _named_barrier(SYNC: gl.constexpr, ID: gl.constexpr):
 
 
 @gluon.jit
-def _turn_wait(WG: gl.constexpr, j, turn, PINGPONG: gl.constexpr):
-    """Ping-pong: wait for warpgroup WG's turn to issue its products (j: its turns so far, the mbarrier phase)."""
-    if PINGPONG == PP_MBARRIER:
-        mbarrier.wait(turn.index(WG), j & 1)
-    if PINGPONG == PP_NAMED:
+def _turn_wait(WG: gl.constexpr, PINGPONG: gl.constexpr):
+    """Ping-pong: wait for warpgroup WG's turn to issue its products."""
+    if PINGPONG:
         _named_barrier(True, TURN_BAR + WG)
 
 
 @gluon.jit
-def _turn_pass(WG: gl.constexpr, turn, PINGPONG: gl.constexpr):
+def _turn_pass(WG: gl.constexpr, PINGPONG: gl.constexpr):
     """Ping-pong: products issued, hand the tensor cores to the other warpgroup."""
-    if PINGPONG == PP_MBARRIER:
-        mbarrier.arrive(turn.index(1 - WG))
-    if PINGPONG == PP_NAMED:
+    if PINGPONG:
         _named_barrier(False, TURN_BAR + 1 - WG)
 
 
 @gluon.jit
 def _pingpong_start(WG: gl.constexpr, PINGPONG: gl.constexpr):
-    """Named-barrier ping-pong, once per program before the first turn: warpgroup 1 arrives on warpgroup 0's barrier
-    so that warpgroup 0 goes first (FlashAttention-3's mma_init)."""
-    if PINGPONG == PP_NAMED:
+    """Ping-pong, once per program before the first turn: warpgroup 1 arrives on warpgroup 0's barrier so that
+    warpgroup 0 goes first (FlashAttention-3's mma_init)."""
+    if PINGPONG:
         if WG == 1:
             _named_barrier(False, TURN_BAR)
 
 
 @gluon.jit
 def _pingpong_end(WG: gl.constexpr, PINGPONG: gl.constexpr):
-    """Named-barrier ping-pong, once per program after the last turn: warpgroup 0 consumes warpgroup 1's last
-    hand-over, so that no barrier is left half-arrived when the program exits."""
-    if PINGPONG == PP_NAMED:
+    """Ping-pong, once per program after the last turn: warpgroup 0 consumes warpgroup 1's last hand-over, so that no
+    barrier is left half-arrived when the program exits."""
+    if PINGPONG:
         if WG == 0:
             _named_barrier(True, TURN_BAR)
 
@@ -384,7 +373,7 @@ def _wait_stage(full, j):
 
 
 @gluon.jit
-def _step(j, g, WG: gl.constexpr, q, k_smem, v_smem, full, empty, turn, L, o, m_i, l_i, p_cur, alpha_o, qk_scale,
+def _step(j, g, WG: gl.constexpr, q, k_smem, v_smem, full, empty, L, o, m_i, l_i, p_cur, alpha_o, qk_scale,
           MASKED: gl.constexpr, PINGPONG: gl.constexpr, EARLY_RESCALE: gl.constexpr, BLOCK_N: gl.constexpr,
           s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
     """Key tile j ≥ 1: S_j = Q·K_jᵀ and O += P_{j−1}·V_{j−1} in flight together, softmax(S_j) under the P·V and
@@ -398,13 +387,13 @@ def _step(j, g, WG: gl.constexpr, q, k_smem, v_smem, full, empty, turn, L, o, m_
     across work items), which picks the stage and the mbarrier phase."""
     _wait_stage(full, g)
     # ping-pong: issue only in our turn, then hand the tensor cores to the other warpgroup
-    _turn_wait(WG, j - 1, turn, PINGPONG)
+    _turn_wait(WG, PINGPONG)
     s_tok = warpgroup_mma(q, k_smem.index(g % STAGES).permute((1, 0)),
                           gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
     if EARLY_RESCALE:
         o = o * alpha_o[:, None]
     o_tok = warpgroup_mma(p_cur, v_smem.index((g - 1) % STAGES), o, is_async=True)
-    _turn_pass(WG, turn, PINGPONG)
+    _turn_pass(WG, PINGPONG)
 
     s = warpgroup_mma_wait(1, deps=[s_tok])  # the score product retired; P·V keeps running
     p, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, j * BLOCK_N, L, MASKED, BLOCK_N, s_layout)
@@ -419,20 +408,19 @@ def _step(j, g, WG: gl.constexpr, q, k_smem, v_smem, full, empty, turn, L, o, m_
 
 
 @gluon.jit
-def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, full, empty, turn,
+def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, full, empty,
               Oh, Q_ROWS, q_start, q_end, L, row_base, son, qk_scale,
               HAS_Q_ROWS: gl.constexpr, PINGPONG: gl.constexpr, EARLY_RESCALE: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_DIM: gl.constexpr):
     """Rows WG·64 … WG·64 + 63 of the work item's tile: the attention loop and the output store."""
     _pingpong_start(WG, PINGPONG)
-    _attend(WG, 0, 0, q_smem, k_smem, v_smem, q_full, q_full, full, empty, turn, Oh, Q_ROWS, q_start, q_end, L,
+    _attend(WG, 0, 0, q_smem, k_smem, v_smem, q_full, q_full, full, empty, Oh, Q_ROWS, q_start, q_end, L,
             row_base, son, qk_scale, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE, False, BLOCK_N, HEAD_DIM)
     _pingpong_end(WG, PINGPONG)
 
 
 @gluon.jit
-def _attend(WG: gl.constexpr, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn,
-            Oh, Q_ROWS, q_start, q_end, L, row_base, son, qk_scale,
+def _attend(WG: gl.constexpr, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, Oh, Q_ROWS, q_start, q_end, L, row_base, son, qk_scale,
             HAS_Q_ROWS: gl.constexpr, PINGPONG: gl.constexpr, EARLY_RESCALE: gl.constexpr, SIGNAL_Q: gl.constexpr,
             BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr):
     """One work item for consumer warpgroup WG: g is its first key tile's position in the ring's sequence, it the
@@ -449,14 +437,12 @@ def _attend(WG: gl.constexpr, g, it, q_smem, k_smem, v_smem, q_full, q_empty, fu
 
     mbarrier.wait(q_full, it & 1)
     _wait_stage(full, g)
-    # Tile 0 (masked: it may be the only, partial, or empty tile). Its score product is a turn of the named-barrier
-    # ping-pong (as in FlashAttention-3), outside the mbarrier one (whose phases count the loop's turns only).
-    if PINGPONG == PP_NAMED:
-        _turn_wait(WG, 0, turn, PINGPONG)
+    # Tile 0 (masked: it may be the only, partial, or empty tile). Its score product is a turn of the ping-pong (as
+    # in FlashAttention-3).
+    _turn_wait(WG, PINGPONG)
     s_tok = warpgroup_mma(q, k_smem.index(g % STAGES).permute((1, 0)),
                           gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
-    if PINGPONG == PP_NAMED:
-        _turn_pass(WG, turn, PINGPONG)
+    _turn_pass(WG, PINGPONG)
     s = warpgroup_mma_wait(0, deps=[s_tok])
     m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.zeros([WG_ROWS], gl.float32, gl.SliceLayout(1, s_layout))
@@ -468,11 +454,11 @@ def _attend(WG: gl.constexpr, g, it, q_smem, k_smem, v_smem, q_full, q_empty, fu
     n_tiles = gl.maximum((L + BLOCK_N - 1) // BLOCK_N, 1)
     n_full = L // BLOCK_N
     for j in range(1, n_full):  # full key tiles: no masking
-        o, m_i, l_i, p_cur, alpha_o = _step(j, g + j, WG, q, k_smem, v_smem, full, empty, turn, L, o, m_i, l_i,
+        o, m_i, l_i, p_cur, alpha_o = _step(j, g + j, WG, q, k_smem, v_smem, full, empty, L, o, m_i, l_i,
                                             p_cur, alpha_o, qk_scale, False, PINGPONG, EARLY_RESCALE, BLOCK_N,
                                             s_layout, o_layout, p_layout)
     if (n_full >= 1) & (n_full < n_tiles):  # a partial last tile after at least one full one
-        o, m_i, l_i, p_cur, alpha_o = _step(n_full, g + n_full, WG, q, k_smem, v_smem, full, empty, turn, L, o,
+        o, m_i, l_i, p_cur, alpha_o = _step(n_full, g + n_full, WG, q, k_smem, v_smem, full, empty, L, o,
                                             m_i, l_i, p_cur, alpha_o, qk_scale, True, PINGPONG, EARLY_RESCALE,
                                             BLOCK_N, s_layout, o_layout, p_layout)
     if SIGNAL_Q:
@@ -500,21 +486,20 @@ def _attend(WG: gl.constexpr, g, it, q_smem, k_smem, v_smem, q_full, q_empty, fu
 
 
 @gluon.jit
-def _consumer_persistent(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, item_smem,
+def _consumer_persistent(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, item_smem,
                          item_full, O, Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, N_ITEMS,
                          sob, soh, son, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                          HAS_Q_ROWS: gl.constexpr, PINGPONG: gl.constexpr, EARLY_RESCALE: gl.constexpr,
                          DYNAMIC: gl.constexpr):
     """The persistent kernel's consumer warpgroup WG: the producer's sequence of work items (static: the same
-    stride; dynamic: as published in item_smem), one _attend each. With the named-barrier ping-pong the turns run
-    on across items: both warpgroups take one turn per key tile of the same items, so they stay in alternation."""
+    stride; dynamic: as published in item_smem), one _attend each. With the ping-pong the turns run on across items: both warpgroups take one turn per key tile of the same items, so they stay in alternation."""
     g = 0  # tiles consumed so far (the ring's sequence)
     it = 0  # work items done so far (q_full / item_full phases)
     _pingpong_start(WG, PINGPONG)
     if DYNAMIC:
         w = _read_item(item_smem, item_full, it)
         while w < N_ITEMS:
-            g = _consume_item(WG, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O, Q_ROWS,
+            g = _consume_item(WG, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, O, Q_ROWS,
                               Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, sob, soh, son, BLOCK_M,
                               BLOCK_N, HEAD_DIM, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE)
             it += 1
@@ -523,7 +508,7 @@ def _consumer_persistent(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, q_emp
         for w in range(gl.program_id(0), N_ITEMS, gl.num_programs(0)):
             blk = gl.load(WORK_I + w)
             if blk >= 0:
-                g = _consume_item(WG, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O,
+                g = _consume_item(WG, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, O,
                                   Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, sob, soh, son,
                                   BLOCK_M, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE)
                 it += 1
@@ -531,7 +516,7 @@ def _consumer_persistent(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, q_emp
 
 
 @gluon.jit
-def _consume_item(WG: gl.constexpr, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O, Q_ROWS,
+def _consume_item(WG: gl.constexpr, w, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, O, Q_ROWS,
                   Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, sob, soh, son, BLOCK_M: gl.constexpr,
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_Q_ROWS: gl.constexpr, PINGPONG: gl.constexpr,
                   EARLY_RESCALE: gl.constexpr):
@@ -543,7 +528,7 @@ def _consume_item(WG: gl.constexpr, w, g, it, q_smem, k_smem, v_smem, q_full, q_
     q_start = gl.load(Q_OFF + bh * (MQ + 1) + blk) + r * BLOCK_M
     q_end = gl.load(Q_OFF + bh * (MQ + 1) + blk + 1)
     L = gl.load(LENS + bh * MQ + blk)
-    return _attend(WG, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, O + b * sob + h * soh,
+    return _attend(WG, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, O + b * sob + h * soh,
                    Q_ROWS, q_start, q_end, L, bh.to(gl.int64) * N, son, qk_scale, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE,
                    True, BLOCK_N, HEAD_DIM)
 
@@ -582,23 +567,18 @@ def _gluon_ws_sparse_attn_fwd_kernel(
         q_full = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         # full/q_full: one cp.async arrival per producer thread; empty: one arrival per consumer warpgroup (Triton
-        # lowers mbarrier.arrive to a barrier of the partition's warps and one elected thread's arrive); turn: one
-        # arrival from the other warpgroup
+        # lowers mbarrier.arrive to a barrier of the partition's warps and one elected thread's arrive)
         mbarrier.init(q_full, count=PRODUCER_WARPS * 32)
         for s in gl.static_range(STAGES):
             mbarrier.init(full.index(s), count=PRODUCER_WARPS * 32)
             mbarrier.init(empty.index(s), count=2)
-        mbarrier.init(turn.index(0), count=1)
-        mbarrier.init(turn.index(1), count=1)
-        mbarrier.arrive(turn.index(0))  # warpgroup 0 issues first (with PINGPONG; unused otherwise)
 
         Oh = O + b * sob + h * soh
         gl.warp_specialize(
-            [(_consumer, (0, q_smem, k_smem, v_smem, q_full, full, empty, turn, Oh, Q_ROWS, q_start, q_end, L,
+            [(_consumer, (0, q_smem, k_smem, v_smem, q_full, full, empty, Oh, Q_ROWS, q_start, q_end, L,
                           row_base, son, qk_scale, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE, BLOCK_N, HEAD_DIM)),
-             (_consumer, (1, q_smem, k_smem, v_smem, q_full, full, empty, turn, Oh, Q_ROWS, q_start, q_end, L,
+             (_consumer, (1, q_smem, k_smem, v_smem, q_full, full, empty, Oh, Q_ROWS, q_start, q_end, L,
                           row_base, son, qk_scale, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE, BLOCK_N, HEAD_DIM)),
              (_producer, (q_smem, k_smem, v_smem, q_full, full, empty, Q + b * sqb + h * sqh, K + b * skb + h * skh,
                           V + b * svb + h * svh, Q_ROWS, lst, q_start, q_end, L, row_base, sqn, skn, svn,
@@ -615,16 +595,14 @@ def _gluon_ws_persistent_kernel(
     qk_scale, N, H, MQ, SLOTS, N_ITEMS,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_Q_ROWS: gl.constexpr,
-    EARLY_RESCALE: gl.constexpr, DYNAMIC: gl.constexpr, PINGPONG: gl.constexpr = 0,
+    EARLY_RESCALE: gl.constexpr, DYNAMIC: gl.constexpr, PINGPONG: gl.constexpr = True,
 ):
     """The persistent main pass: about one program per SM, program p runs work items p, p + nprog, … of the
     N_ITEMS (= BH · SLOTS) slots, skipping unused ones (DYNAMIC: each program's producer claims the next slot with
     an atomic increment of COUNTER, a zeroed int32, and hands it to its consumers through shared memory). The K/V ring and its mbarriers run on across items, so the
     producer gathers the next item's first tiles while the consumers finish the current one; Q has one buffer
     guarded by q_full (producer → consumers) and q_empty (consumers → producer, after their last score product).
-    Arguments otherwise as ``_gluon_ws_sparse_attn_fwd_kernel``'s; PINGPONG: off (0) or the named-barrier ping-pong
-    (PP_NAMED), whose turns run on across items (the mbarrier one is not implemented here)."""
-    gl.static_assert((PINGPONG == PP_OFF) | (PINGPONG == PP_NAMED), "persistent: no ping-pong or named barriers")
+    Arguments otherwise as ``_gluon_ws_sparse_attn_fwd_kernel``'s; with PINGPONG the turns run on across items."""
     gl.static_assert(BLOCK_M == 2 * WG_ROWS, "two consumer warpgroups of 64 rows")
     gl.static_assert(gl.num_warps() == 4, "launch with num_warps=4")
     dtype: gl.constexpr = Q.dtype.element_ty
@@ -637,7 +615,6 @@ def _gluon_ws_persistent_kernel(
     q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # unused (no mbarrier ping-pong)
     item_smem = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     item_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(item_full.index(0), count=1)
@@ -647,15 +624,13 @@ def _gluon_ws_persistent_kernel(
     for s in gl.static_range(STAGES):
         mbarrier.init(full.index(s), count=PRODUCER_WARPS * 32)
         mbarrier.init(empty.index(s), count=2)
-    mbarrier.init(turn.index(0), count=1)
-    mbarrier.init(turn.index(1), count=1)
 
     gl.warp_specialize(
-        [(_consumer_persistent, (0, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, item_smem, item_full,
+        [(_consumer_persistent, (0, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, item_smem, item_full,
                                  O, Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, N_ITEMS, sob, soh,
                                  son, BLOCK_M, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE,
                                  DYNAMIC)),
-         (_consumer_persistent, (1, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, turn, item_smem, item_full,
+         (_consumer_persistent, (1, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, item_smem, item_full,
                                  O, Q_ROWS, Q_OFF, LENS, WORK_I, WORK_R, qk_scale, N, H, MQ, SLOTS, N_ITEMS, sob, soh,
                                  son, BLOCK_M, BLOCK_N, HEAD_DIM, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE,
                                  DYNAMIC)),
@@ -681,25 +656,25 @@ class GluonWSBlockSparse(GluonBlockSparse):
     score product (FlashAttention-3's order, default) instead of after the P·V product; ``persistent``: about one
     program per SM looping over work items, the producer running ahead into the next item (default; measured 5–6%
     faster, see the module docstring), otherwise one program per work item; ``dynamic``: the persistent programs
-    claim work items through an atomic counter (default) instead of a static stride. ``pingpong="named"`` (default) hands the turns
-    over through hardware named barriers (bar.sync / bar.arrive, FlashAttention-3's warp-scheduler barriers), in
-    either kernel (measured 2–3% faster than free-running on one dense block, within ±1% on k-means layouts);
-    ``pingpong=True`` hands them over through mbarriers and implies one program per item; ``pingpong=False``: the
-    warpgroups issue as soon as their data is there. ``fuse_permutation`` defaults to ``"qkv"`` here: the producer
+    claim work items through an atomic counter (default) instead of a static stride. ``pingpong`` (default) hands the
+    turns over through hardware named barriers (bar.sync / bar.arrive, FlashAttention-3's warp-scheduler barriers),
+    in either kernel (measured 2–3% faster than free-running on one dense block, within ±1% on k-means layouts);
+    ``pingpong=False``: the warpgroups issue as soon as their data is there. ``fuse_permutation`` defaults to ``"qkv"`` here: the producer
     gathers K/V rows by index anyway, so reading them through kv_order (scattered 256-byte rows) cost the kernel 0–1.6%
     on an H100 but saves the ≈ 1.1 ms copy of k and v into the key order: the whole call at the Wan shape was 0.8–1.3
     ms faster (docs/performance.md). ``"q"`` keeps the copy."""
 
     fuse_permutation: str = "qkv"
-    pingpong: bool | str = "named"
+    pingpong: bool = True
     early_rescale: bool = True
     persistent: bool = True
     dynamic: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.pingpong not in (False, True, "named"):
-            raise ValueError(f"pingpong must be False, True or 'named', got {self.pingpong!r}")
+        if not isinstance(self.pingpong, bool):
+            raise ValueError(f"pingpong must be True (the warpgroups' products alternate, through named barriers) or "
+                             f"False, got {self.pingpong!r}")
 
     def run(self, plan: TritonPlan, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         reasons = self.why_unsupported(q, k, v)
@@ -715,8 +690,7 @@ class GluonWSBlockSparse(GluonBlockSparse):
         items = main.block.numel()
         if items == 0:
             return out
-        pingpong = _PINGPONG[self.pingpong]
-        if self.persistent and pingpong != PP_MBARRIER:
+        if self.persistent:
             _gluon_ws_persistent_kernel[(min(items, _sm_count(q.device)),)](
                 q, k, v, out, q_rows if q_rows is not None else main.block,
                 plan.q_off, plan.lens, plan.list_off, plan.lists, main.block, main.row_tile,
@@ -724,7 +698,7 @@ class GluonWSBlockSparse(GluonBlockSparse):
                 LOG2E / math.sqrt(d), n, h, plan.num_q_blocks, main.slots, items,
                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
                 BLOCK_M=main.block_m, BLOCK_N=main.block_n, HEAD_DIM=d, HAS_Q_ROWS=q_rows is not None,
-                EARLY_RESCALE=self.early_rescale, DYNAMIC=self.dynamic, PINGPONG=pingpong, num_warps=4,
+                EARLY_RESCALE=self.early_rescale, DYNAMIC=self.dynamic, PINGPONG=self.pingpong, num_warps=4,
             )
             return out
         _gluon_ws_sparse_attn_fwd_kernel[(items,)](
@@ -733,18 +707,17 @@ class GluonWSBlockSparse(GluonBlockSparse):
             LOG2E / math.sqrt(d), n, h, plan.num_q_blocks, main.slots,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
             BLOCK_M=main.block_m, BLOCK_N=main.block_n, HEAD_DIM=d, HAS_Q_ROWS=q_rows is not None,
-            PINGPONG=pingpong, EARLY_RESCALE=self.early_rescale, num_warps=4,
+            PINGPONG=self.pingpong, EARLY_RESCALE=self.early_rescale, num_warps=4,
         )
         return out
 
 
 def compile_sm90(head_dim: int = 128, block_n: int = 128, dtype: str = "bf16", has_q_rows: bool = True,
-                 pingpong: bool | str = False, early_rescale: bool = True, persistent: bool = False,
+                 pingpong: bool = False, early_rescale: bool = True, persistent: bool = False,
                  dynamic: bool = True):
     """Compile the main-pass kernel for sm_90 without a GPU (for inspection and the CPU test); as kernel
     ``gluon``'s ``compile_sm90``: ``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata.shared``. ``pingpong``: as the
-    class's option; ``persistent``: the persistent kernel (``pingpong`` must then be off or ``"named"``),
-    ``dynamic``: its atomic-counter schedule."""
+    class's option; ``persistent``: the persistent kernel, ``dynamic``: its atomic-counter schedule."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -762,22 +735,18 @@ def compile_sm90(head_dim: int = 128, block_n: int = 128, dtype: str = "bf16", h
     constexprs = {"BLOCK_M": 128, "BLOCK_N": block_n, "HEAD_DIM": head_dim, "HAS_Q_ROWS": has_q_rows,
                   "EARLY_RESCALE": early_rescale}
     if persistent:
-        assert _PINGPONG[pingpong] != PP_MBARRIER, "the persistent kernel has no mbarrier ping-pong"
         kernel = _gluon_ws_persistent_kernel
         signature["DYNAMIC"] = "constexpr"
         constexprs["DYNAMIC"] = dynamic
     else:
         kernel = _gluon_ws_sparse_attn_fwd_kernel
     signature["PINGPONG"] = "constexpr"
-    constexprs["PINGPONG"] = _PINGPONG[pingpong]
+    constexprs["PINGPONG"] = bool(pingpong)
     # as the launcher specialises them: pointers 16-byte aligned, strides (multiples of D) divisible by 16
     aligned = [i for i, name in enumerate(names) if types[i].startswith("*") or name[0] == "s" and name != "SLOTS"]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = GluonASTSource(kernel, signature=signature, attrs=attrs, constexprs=constexprs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-
-
-_PINGPONG = {False: PP_OFF.value, True: PP_MBARRIER.value, "named": PP_NAMED.value}  # option → PINGPONG constexpr
 
 
 def _sm_count(device) -> int:

@@ -6,11 +6,11 @@ specialisation (setmaxnreg lowering the producer's registers and raising the con
 (try_wait, cp.async completing on an mbarrier with .noinc), the proxy fence before the wgmma reads of cp.async-written
 tiles, asynchronous wgmma with one product left in flight, and ptxas must report no spills; for the one-program-per-
 item kernel and the persistent one (its q_empty and item_full barriers, the atomic work-item counter of its dynamic
-schedule or the strided loop of its static one), and with pingpong="named" the turn barriers (bar.sync / bar.arrive
+schedule or the strided loop of its static one), and with pingpong the turn barriers (bar.sync / bar.arrive
 of 256 threads, ids Triton does not use, each right before / after a warpgroup's product issue). With an sm_90 GPU
 (the tests shared with kernel ``gluon`` against the reference are in tests/test_hopper_kernels.py): the output
 matches kernel ``gluon``'s; the persistent kernel (the default) must equal the one-program-per-item kernel bit for
-bit with 1, 7 or SM-count programs under both schedules, and capture in a CUDA graph; the named-barrier ping-pong must
+bit with 1, 7 or SM-count programs under both schedules, and capture in a CUDA graph; the ping-pong must
 equal the free-running warpgroups bit for bit; every scheduling option gives the same attention within tolerance.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from block_cases import rel as _rel, sizes as _sizes, through as _through, check
 # compile checks (CPU)
 # ----------------------------------------------------------------------------------------------------------------
 # (D, block_n, dtype, q_rows, schedule): one program per work item, or the persistent kernel with its dynamic
-# (atomic counter) or static (strided) schedule; "+named": the ping-pong through named barriers (pingpong="named")
+# (atomic counter) or static (strided) schedule; "+named": the ping-pong through named barriers (pingpong=True)
 VARIANTS = [(128, 128, "bf16", True, "one"), (128, 128, "fp16", False, "one"), (64, 128, "bf16", True, "one"),
             (128, 64, "bf16", False, "one"), (128, 128, "bf16", True, "dynamic"), (128, 128, "fp16", False, "dynamic"),
             (64, 128, "bf16", True, "dynamic"), (128, 64, "bf16", False, "dynamic"), (128, 128, "bf16", True, "static"),
@@ -51,7 +51,7 @@ def compiled(compile_sm90):
     return compile_sm90("sparseattn.kernels.gluon_ws_attention", {
         _name(*v): dict(head_dim=v[0], block_n=v[1], dtype=v[2], has_q_rows=v[3],
                         persistent=not v[4].startswith("one"), dynamic=v[4].startswith("dynamic"),
-                        pingpong="named" if v[4].endswith("+named") else False) for v in VARIANTS})
+                        pingpong=v[4].endswith("+named")) for v in VARIANTS})
 
 
 def _check_named_barriers(ptx: str, named: bool) -> None:
@@ -105,11 +105,11 @@ def test_compiles_warp_specialised_without_spills(compiled, ptxas, head_dim, blo
     _check_named_barriers(ptx, schedule.endswith("+named"))
     schedule = schedule.split("+")[0]
     if schedule == "one":
-        assert sorted(inits) == sorted(["128"] * 4 + ["2"] * 3 + ["1"] * 2), inits  # q_full, full ×3, empty ×3, turn
+        assert sorted(inits) == sorted(["128"] * 4 + ["2"] * 3), inits  # q_full, full ×3, empty ×3
     else:
         # the persistent kernel: the Q hand-back barrier (q_empty, one arrival per consumer warpgroup) besides
         # q_full and the ring's full/empty barriers, and two item_full barriers (the dynamic schedule's hand-over)
-        assert sorted(inits) == sorted(["128"] * 4 + ["2"] * 4 + ["1"] * 4), inits
+        assert sorted(inits) == sorted(["128"] * 4 + ["2"] * 4 + ["1"] * 2), inits
     if schedule == "static":  # the work-item loop: program_id + k·num_programs
         assert "%nctaid.x" in ptx and "atom.global" not in ptx, "no num_programs: not a strided persistent loop"
     if schedule == "dynamic":  # work items claimed with an atomic increment, handed over through shared memory
@@ -125,7 +125,7 @@ def test_registered_and_reasons_off_hopper():
     with pytest.raises(ValueError):
         GluonWSBlockSparse(block_m=64)
     with pytest.raises(ValueError):
-        GluonWSBlockSparse(pingpong="bar")
+        GluonWSBlockSparse(pingpong="named")  # a bool now: the named barriers are the only hand-over
     q = torch.zeros(1, 1, 8, 128, dtype=torch.float32)
     reasons = GluonWSBlockSparse().why_unsupported(q, q, q)
     assert any("CUDA" in r for r in reasons) or any("interpreter" in r for r in reasons), reasons
@@ -194,7 +194,7 @@ def test_persistent_equals_one_program_per_item(case, programs, dynamic, monkeyp
 @pytest.mark.parametrize("case", ["many work items (several per program)", "clusters, some empty, N % 128 ≠ 0",
                                   "batch 2, long lists"])
 def test_named_pingpong_equals_free_running(case, persistent, dynamic, programs, monkeypatch):
-    """The ping-pong through named barriers (pingpong="named": the warpgroups' products in strict alternation, the
+    """The ping-pong through named barriers (pingpong=True: the warpgroups' products in strict alternation, the
     turns running on across the persistent kernel's items, empty lists and partial tiles included) changes only
     when products are issued, not the arithmetic: the same output bit for bit."""
     import sparseattn.kernels.gluon_ws_attention as module
@@ -206,7 +206,7 @@ def test_named_pingpong_equals_free_running(case, persistent, dynamic, programs,
     layout = _layout(q_sizes, k_sizes, d)
     mask = BlockMask(selected.cuda())
     ours = _check(q, k, v, layout, mask, torch.bfloat16, f"{case}, {programs or 'SM count'} programs",
-                  pingpong="named", persistent=persistent, dynamic=dynamic)
+                  pingpong=True, persistent=persistent, dynamic=dynamic)
     theirs = _through(GluonWSBlockSparse(pingpong=False, persistent=persistent, dynamic=dynamic), q, k, v, layout,
                       mask)
     print(f"  named ping-pong vs free-running: bit-identical {torch.equal(ours, theirs)}")
@@ -241,16 +241,15 @@ def test_persistent_captures_in_a_cuda_graph(dynamic):
 
 @needs_hopper
 @pytest.mark.parametrize("n", [129, 3001])
-@pytest.mark.parametrize("pingpong,early_rescale", [(True, True), (True, False), (False, False), ("named", True),
-                                                    ("named", False)])
-def test_scheduling_options(n, pingpong, early_rescale):
-    """The consumer warpgroups alternating their products (pingpong: turns through mbarriers, one program per item,
-    or through named barriers, persistent) or not, O rescaled under the score product (early_rescale) or after the
-    P·V product: the same attention."""
+@pytest.mark.parametrize("persistent", [True, False])
+@pytest.mark.parametrize("pingpong,early_rescale", [(True, True), (True, False), (False, False), (False, True)])
+def test_scheduling_options(n, pingpong, early_rescale, persistent):
+    """The consumer warpgroups alternating their products (pingpong) or not, O rescaled under the score product
+    (early_rescale) or after the P·V product, persistent or one program per item: the same attention."""
     gen = torch.Generator().manual_seed(n)
     q, k, v = _qkv(gen, 1, 2, n, 128, torch.bfloat16)
     q_sizes = torch.stack([_sizes(gen, n, 5, 0.2, one_token=True) for _ in range(2)]).reshape(1, 2, 5)
     selected = torch.rand(1, 2, 5, 5, generator=gen) < 0.6
     selected[..., 0, :] = True
     _check(q, k, v, _layout(q_sizes, q_sizes.clone(), 128), BlockMask(selected.cuda()), torch.bfloat16,
-           f"n {n}", pingpong=pingpong, early_rescale=early_rescale)
+           f"n {n}", pingpong=pingpong, early_rescale=early_rescale, persistent=persistent)
