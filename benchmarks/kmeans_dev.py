@@ -33,6 +33,7 @@ VARIANTS = {
     "128x128 8w": dict(block_centroids=128, num_warps=8),  # N = 128 products, two warpgroups share the tiles
 }
 
+
 def profile_kernels(km, x, init, fits=3, iters=3):
     """Mean device time (ms) per launch of the assign and update kernels over `fits` fits of `iters` iterations."""
     from torch.profiler import ProfilerActivity, profile

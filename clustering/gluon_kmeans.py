@@ -280,8 +280,7 @@ def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 4, maxn
     types = [f"*{dtype}", f"*{dtype}", "*fp32", "*i64", "*fp32", "*i32", "*fp32", "i32", "fp32"] + ["i32"] * 5
     signature = dict(zip(names, types))
     signature.update({k: "constexpr" for k in ("BLOCK_P", "BLOCK_C", "BLOCK_D", "MAX_IT", "USE_TOL", "TILE_BITS",
-                                               "FOLD", "ACCUMULATE", "COPIES", "PERSISTENT",
-                                               "A_REGS")})
+                                               "FOLD", "ACCUMULATE", "COPIES", "PERSISTENT", "A_REGS")})
     aligned = [i for i, name in enumerate(names) if types[i].startswith("*") or name in ("sxg", "sxn")]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = GluonASTSource(_gluon_assign_kernel, signature=signature, attrs=attrs,

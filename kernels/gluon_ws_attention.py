@@ -18,17 +18,18 @@ partitions with ``gl.warp_specialize``, FlashAttention-3 style:
     with async wgmma, the next score product issued together with the previous P·V (intra-warpgroup overlap, as in
     kernel ``gluon``), O rescaled between the two issues so the multiply runs under the score product
     (FlashAttention-3's order, ``early_rescale``), online softmax in fp32 with exp2 and the scale folded into one
-    FMA. The two warpgroups issue their products in strict alternation (``pingpong``, FlashAttention-3's
-    inter-warpgroup schedule), so one warpgroup's softmax runs under the other's products. The turns are handed
-    over through two hardware named barriers, as FlashAttention-3's warp-scheduler barriers: warpgroup w waits with ``bar.sync 8 + w, 256`` right before issuing its products and,
-    right after issuing them, counts itself on the other's barrier with ``bar.arrive 9 − w, 256`` (Gluon has no API
-    for them: inline asm with side effects, one element per thread; ids 8 and 9, which Triton does not use: it takes
-    0, 1 and one per worker partition, 2 and 3). Warpgroup 1 arrives once on warpgroup 0's barrier before its first
-    turn (warpgroup 0 goes first), each warpgroup takes one turn per key tile (tile 0's score product; then each
-    tile's score product with the previous P·V, the rescale between them; the item's last P·V is outside the turns,
-    as in FlashAttention-3), and warpgroup 0 consumes warpgroup 1's last hand-over before the program ends. Both
-    warpgroups run the same items with the same tile counts, so in the persistent kernel the alternation runs on
-    across items. ``pingpong=False`` lets the warpgroups issue as soon as their data is there.
+    FMA. The two warpgroups issue their products in strict alternation (``pingpong``, FlashAttention-3's inter-warpgroup
+    schedule), so one warpgroup's softmax runs under the other's products. The turns are handed over through two
+    hardware named barriers, as FlashAttention-3's warp-scheduler barriers: warpgroup w waits with
+    ``bar.sync 8 + w, 256`` right before issuing its products and, right after issuing them, counts itself on the
+    other's barrier with ``bar.arrive 9 − w, 256`` (Gluon has no API for them: inline asm with side effects, one element
+    per thread; ids 8 and 9, which Triton does not use: it takes 0, 1 and one per worker partition, 2 and 3). Warpgroup
+    1 arrives once on warpgroup 0's barrier before its first turn (warpgroup 0 goes first), each warpgroup takes one
+    turn per key tile (tile 0's score product; then each tile's score product with the previous P·V, the rescale between
+    them; the item's last P·V is outside the turns, as in FlashAttention-3), and warpgroup 0 consumes warpgroup 1's last
+    hand-over before the program ends. Both warpgroups run the same items with the same tile counts, so in the
+    persistent kernel the alternation runs on across items. ``pingpong=False`` lets the warpgroups issue as soon as
+    their data is there.
 
 Proxy fence: cp.async writes shared memory through the generic proxy while wgmma reads it through the async proxy.
 The producer cannot fence its own writes (they complete after it has moved on), so each consumer thread, after its
@@ -210,10 +211,10 @@ def _producer_persistent(q_smem, k_smem, v_smem, q_full, q_empty, full, empty, i
                          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                          HAS_Q_ROWS: gl.constexpr, DYNAMIC: gl.constexpr):
     """The persistent kernel's producer. Static schedule: work items pid, pid + nprog, … (unused slots skipped).
-    Dynamic schedule: the next item is claimed with an atomic increment of COUNTER (unused slots skipped) and
-    published to the consumers through item_smem/item_full (N_ITEMS: no more items). Per item K_0/V_0 first (the ring runs on across items, so it is
-    gathered while the consumers finish the previous item), then Q once both consumer warpgroups have retired their
-    last score product of the previous item (q_empty), then the remaining tiles."""
+    Dynamic schedule: the next item is claimed with an atomic increment of COUNTER (unused slots skipped) and published
+    to the consumers through item_smem/item_full (N_ITEMS: no more items). Per item K_0/V_0 first (the ring runs on
+    across items, so it is gathered while the consumers finish the previous item), then Q once both consumer warpgroups
+    have retired their last score product of the previous item (q_empty), then the remaining tiles."""
     TPR: gl.constexpr = HEAD_DIM // 8
     ld: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // TPR, TPR],
                                         warps_per_cta=[gl.num_warps(), 1], order=[1, 0])
@@ -420,7 +421,8 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, full, empty,
 
 
 @gluon.jit
-def _attend(WG: gl.constexpr, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, Oh, Q_ROWS, q_start, q_end, L, row_base, son, qk_scale,
+def _attend(WG: gl.constexpr, g, it, q_smem, k_smem, v_smem, q_full, q_empty, full, empty, Oh, Q_ROWS, q_start, q_end,
+            L, row_base, son, qk_scale,
             HAS_Q_ROWS: gl.constexpr, PINGPONG: gl.constexpr, EARLY_RESCALE: gl.constexpr, SIGNAL_Q: gl.constexpr,
             BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr):
     """One work item for consumer warpgroup WG: g is its first key tile's position in the ring's sequence, it the
@@ -492,7 +494,8 @@ def _consumer_persistent(WG: gl.constexpr, q_smem, k_smem, v_smem, q_full, q_emp
                          HAS_Q_ROWS: gl.constexpr, PINGPONG: gl.constexpr, EARLY_RESCALE: gl.constexpr,
                          DYNAMIC: gl.constexpr):
     """The persistent kernel's consumer warpgroup WG: the producer's sequence of work items (static: the same
-    stride; dynamic: as published in item_smem), one _attend each. With the ping-pong the turns run on across items: both warpgroups take one turn per key tile of the same items, so they stay in alternation."""
+    stride; dynamic: as published in item_smem), one _attend each. With the ping-pong the turns run on across items:
+    both warpgroups take one turn per key tile of the same items, so they stay in alternation."""
     g = 0  # tiles consumed so far (the ring's sequence)
     it = 0  # work items done so far (q_full / item_full phases)
     _pingpong_start(WG, PINGPONG)
@@ -598,11 +601,12 @@ def _gluon_ws_persistent_kernel(
     EARLY_RESCALE: gl.constexpr, DYNAMIC: gl.constexpr, PINGPONG: gl.constexpr = True,
 ):
     """The persistent main pass: about one program per SM, program p runs work items p, p + nprog, … of the
-    N_ITEMS (= BH · SLOTS) slots, skipping unused ones (DYNAMIC: each program's producer claims the next slot with
-    an atomic increment of COUNTER, a zeroed int32, and hands it to its consumers through shared memory). The K/V ring and its mbarriers run on across items, so the
-    producer gathers the next item's first tiles while the consumers finish the current one; Q has one buffer
-    guarded by q_full (producer → consumers) and q_empty (consumers → producer, after their last score product).
-    Arguments otherwise as ``_gluon_ws_sparse_attn_fwd_kernel``'s; with PINGPONG the turns run on across items."""
+    N_ITEMS (= BH · SLOTS) slots, skipping unused ones (DYNAMIC: each program's producer claims the next slot with an
+    atomic increment of COUNTER, a zeroed int32, and hands it to its consumers through shared memory). The K/V ring and
+    its mbarriers run on across items, so the producer gathers the next item's first tiles while the consumers finish
+    the current one; Q has one buffer guarded by q_full (producer → consumers) and q_empty (consumers → producer, after
+    their last score product). Arguments otherwise as ``_gluon_ws_sparse_attn_fwd_kernel``'s; with PINGPONG the turns
+    run on across items."""
     gl.static_assert(BLOCK_M == 2 * WG_ROWS, "two consumer warpgroups of 64 rows")
     gl.static_assert(gl.num_warps() == 4, "launch with num_warps=4")
     dtype: gl.constexpr = Q.dtype.element_ty
@@ -657,12 +661,12 @@ class GluonWSBlockSparse(GluonBlockSparse):
     program per SM looping over work items, the producer running ahead into the next item (default; measured 5–6%
     faster, see the module docstring), otherwise one program per work item; ``dynamic``: the persistent programs
     claim work items through an atomic counter (default) instead of a static stride. ``pingpong`` (default) hands the
-    turns over through hardware named barriers (bar.sync / bar.arrive, FlashAttention-3's warp-scheduler barriers),
-    in either kernel (measured 2–3% faster than free-running on one dense block, within ±1% on k-means layouts);
-    ``pingpong=False``: the warpgroups issue as soon as their data is there. ``fuse_permutation`` defaults to ``"qkv"`` here: the producer
-    gathers K/V rows by index anyway, so reading them through kv_order (scattered 256-byte rows) cost the kernel 0–1.6%
-    on an H100 but saves the ≈ 1.1 ms copy of k and v into the key order: the whole call at the Wan shape was 0.8–1.3
-    ms faster (docs/performance.md). ``"q"`` keeps the copy."""
+    turns over through hardware named barriers (bar.sync / bar.arrive, FlashAttention-3's warp-scheduler barriers), in
+    either kernel (measured 2–3% faster than free-running on one dense block, within ±1% on k-means layouts);
+    ``pingpong=False``: the warpgroups issue as soon as their data is there. ``fuse_permutation`` defaults to ``"qkv"``
+    here: the producer gathers K/V rows by index anyway, so reading them through kv_order (scattered 256-byte rows) cost
+    the kernel 0–1.6% on an H100 but saves the ≈ 1.1 ms copy of k and v into the key order: the whole call at the Wan
+    shape was 0.8–1.3 ms faster (docs/performance.md). ``"q"`` keeps the copy."""
 
     fuse_permutation: str = "qkv"
     pingpong: bool = True
