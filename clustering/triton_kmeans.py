@@ -261,7 +261,7 @@ class TritonKMeans(Clusterer):
     # items, the next item's copies overlap this one's labels and atomics; H100, Wan shape: 2-4% faster assignment)
     _persistent: bool = field(default=True, repr=False)
     # gluon: the points as the products' register operand (False: read from shared memory by every product, the
-    # default until the sixth session; H100, Wan shape: 2-8% slower)
+    # default until the sixth session; H100, Wan shape: 1-8% slower)
     _a_regs: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
