@@ -24,16 +24,16 @@ holds −2c for bf16 and c for float16). ‖x‖² is left out of the distance: 
 Stage reuse: tile t+3 overwrites the stage of tile t−1, whose product every warp waited for in iteration t−1, before
 the barrier of iteration t. Shared memory: x 32 KB + 4 × 16 KB at D 128, 64 centroids per tile: two programs per SM.
 
-The points are the products' register operand (``A_REGS``, the default since the sixth session): loaded once per
-item from shared memory, so each product reads only its centroid tile there. With both operands in shared memory a
-128 × 64 × 128 product reads 64 KB of it against 32 KB, as many cycles at 128 B/cycle as its arithmetic takes.
-H100, Wan shape, interleaved rounds (benchmarks/results/h100-2026-11-27-s6-run{1,2}-kmeans-variants.log, where
-"persistent" is this kernel with ``A_REGS`` off): assign 1.85 ms (rounds 1.846–1.851) against 1.92–2.08 ms for 1,000
-clusters on one machine, 1.88–2.13 against 2.02–2.19 ms on another, 1.87–2.06 against 1.95–2.04 ms in eight rounds on
-a third (…-s6-run6-kmeans-rounds.log); 0.904–0.925 against 0.931–0.950 ms for 300; labels identical. Also tried there, slower: 128 × 128 tiles with two warpgroups (2.49–2.68 ms), two warpgroups with
-register operands (2.36–2.44 ms; capped at 128 registers for two programs per SM: 2.53–2.69 ms), 64 × 128 tiles in a
-3-stage ring (2.33–2.48 ms: each program streams all centroids for half as many points), rings of 3 or 5 stages (no
-faster).
+The points are the products' register operand (``A_REGS``, the default since the sixth session): loaded once per item
+from shared memory, so each product reads only its centroid tile there. With both operands in shared memory a 128 × 64 ×
+128 product reads 64 KB of it against 32 KB, as many cycles at 128 B/cycle as its arithmetic takes. H100, Wan shape,
+interleaved rounds (benchmarks/results/h100-2026-11-27-s6-run{1,2}-kmeans-variants.log, where "persistent" is this
+kernel with ``A_REGS`` off): assign 1.85 ms (rounds 1.846–1.851) against 1.92–2.08 ms for 1,000 clusters on one machine,
+1.88–2.13 against 2.02–2.19 ms on another, 1.87–2.06 against 1.95–2.04 ms in eight rounds on a third
+(…-s6-run6-kmeans-rounds.log); 0.904–0.925 against 0.931–0.950 ms for 300; labels identical. Also tried there, slower:
+128 × 128 tiles with two warpgroups (2.49–2.68 ms), two warpgroups with register operands (2.36–2.44 ms; capped at 128
+registers for two programs per SM: 2.53–2.69 ms), 64 × 128 tiles in a 3-stage ring (2.33–2.48 ms: each program streams
+all centroids for half as many points), rings of 3 or 5 stages (no faster).
 
 Persistent (``PERSISTENT``, the default launch): about two programs per SM, each looping over work items (group, point
 tile) with a static stride, group-major (the items in flight at once are neighbours: one group's centroids, an L2
