@@ -38,15 +38,24 @@ class TopP(BudgetController):
         if self.p >= 1.0:  # reaching all the mass needs every block; avoids fp rounding of the cumulative sum
             return BlockMask(torch.ones_like(scores, dtype=torch.bool))
         floor = max(int(self.min_ratio * scores.shape[-1]), 1)
-        if self.backend == "triton" or (self.backend == "auto" and scores.is_cuda):
-            problems = _triton_problems(scores, "triton_topp")
-            if not problems:
-                from sparseattn.kernels.triton_topp import top_p_mask
-
-                return BlockMask(top_p_mask(scores, self.p, floor))
-            if self.backend == "triton":
-                raise ValueError("top_p backend 'triton' cannot select here: " + "; ".join(problems))
+        kernel = _triton_kernel(self.backend, scores, "triton_topp", "top_p")
+        if kernel is not None:
+            return BlockMask(kernel.top_p_mask(scores, self.p, floor))
         return BlockMask(top_p_reference(scores, self.p, floor))
+
+
+def _triton_kernel(backend: str, scores: Tensor, kernel: str, budget: str):
+    """The Triton kernel module ``sparseattn.kernels.<kernel>`` when ``backend`` (auto | torch | triton) picks it
+    for ``scores``, else None (the torch path). ``auto`` picks it for CUDA scores it can take; ``triton`` raises
+    ValueError with the reasons when it cannot."""
+    if backend == "torch" or (backend == "auto" and not scores.is_cuda):
+        return None
+    problems = _triton_problems(scores, kernel)
+    if not problems:
+        return importlib.import_module(f"sparseattn.kernels.{kernel}")
+    if backend == "triton":
+        raise ValueError(f"{budget} backend 'triton' cannot select here: " + "; ".join(problems))
+    return None
 
 
 def _triton_problems(scores: Tensor, kernel: str) -> list[str]:
@@ -124,14 +133,9 @@ class FixedDensity(BudgetController):
             raise ValueError(f"backend must be auto, torch or triton, got {self.backend!r}")
 
     def select(self, scores: Tensor, layout: Layout) -> BlockMask:
-        if self.backend == "triton" or (self.backend == "auto" and scores.is_cuda):
-            problems = _triton_problems(scores, "triton_density")
-            if not problems:
-                from sparseattn.kernels.triton_density import density_mask
-
-                return BlockMask(density_mask(scores, layout.q_sizes, layout.k_sizes, self.density))
-            if self.backend == "triton":
-                raise ValueError("density backend 'triton' cannot select here: " + "; ".join(problems))
+        kernel = _triton_kernel(self.backend, scores, "triton_density", "density")
+        if kernel is not None:
+            return BlockMask(kernel.density_mask(scores, layout.q_sizes, layout.k_sizes, self.density))
         b, h, mq, mk = scores.shape
         # Areas are integers: an int64 running sum is exact (a float32 one near N² ~ 10¹⁰ is off by tens of pairs
         # and can stop short of the target density). One flat scan over all heads, then each head's start is
