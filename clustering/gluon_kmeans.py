@@ -2,7 +2,7 @@
 tensor cores while the running minimum of the previous tile is updated.
 
 Why a second assignment kernel: Triton 3.6 waits for every wgmma right after issuing it (``wgmma.wait_group 0``), so
-inside a program the argmin epilogue (add ‖c‖², pack the tile number, min) never overlaps the products; on an H100
+inside a program the argmin epilogue (add ‖c‖², pack the index, min) never overlaps the products; on an H100
 the Triton assignment spends ≈ 1,400 cycles per 128 × 64 tile where the product alone needs ≈ 500
 (benchmarks/NOTES.md). Here, per program (``BLOCK_P`` points of one group, all of D):
 
@@ -11,18 +11,36 @@ the Triton assignment spends ≈ 1,400 cycles per 128 × 64 tile where the produ
     for t in 0 … T−2:
         wait for tile t+1's copy ; barrier ; copy tile t+3 into the stage tile t−1 used
         issue S_{t+1} = x·C_{t+1}ᵀ (async)
-        best = min(best, pack(S_t + ‖c‖², t))      -- on the ALUs while S_{t+1} runs
+        best = min(best, rowmin(pack(S_t + ‖c‖², index)))   -- on the ALUs while S_{t+1} runs
         wait for S_{t+1}
-    best = min(best, pack(S_{T−1} + ‖c‖², T−1))
+    best = min(best, rowmin(pack(S_{T−1} + ‖c‖², index)))
 
 (A product is issued only after the previous one retired: with one still in flight across the loop's back edge, or
 while the next one's accumulator registers are written, ptxas serialises every wgmma — warnings C7514/C7515.)
 
-then the same row reduction, labels and atomic centroid sums as the Triton kernel (``_assign_kernel`` in
-triton_kmeans.py, whose semantics this kernel keeps for ``precision="bf16"`` with the packed argmin: the operand copy
-holds −2c for bf16 and c for float16). ‖x‖² is left out of the distance: it is the same for every centroid of a point.
-Stage reuse: tile t+3 overwrites the stage of tile t−1, whose product every warp waited for in iteration t−1, before
-the barrier of iteration t. Shared memory: x 32 KB + 4 × 16 KB at D 128, 64 centroids per tile: two programs per SM.
+Packed argmin: a distance's ``LOW_BITS`` low bits are replaced by its cluster index (``index_bits``: 10 bits for 1,000
+clusters), so one float min keeps the smaller distance and, among distances equal after that truncation, the lower
+index; the label is the low bits of a point's minimum. The truncation (≤ 2^(12−23) relative, ``MAX_INDEX_BITS``) is
+far below the bf16 operands' rounding: labels agree with the float32 reference as often as before (99.985% at the
+Wan shape). ``rowmin`` reduces each thread's own 16 columns of a point in registers (``_row_min``), so the running
+minimum takes 4 registers a thread. Until the seventh session it was kept per (point, column slot), 64 registers,
+with the tile number alone in 4 low bits; the program then held x (64 registers as the A operand), S_t, S_{t+1} and
+the minimum (64 each) at the 255-register limit, and ptxas scheduled 57 of a tile's 64 min instructions before
+issuing the next product instead of under it (SASS of the sm_90a build). Nsight Compute on an H100 showed the
+consequence: tensor pipe active 44% of the cycles, the wgmma wait 20% of the loop's stall samples
+(benchmarks/results/h100-2026-11-27-s7-run1-ncu.log). With the row minimum no min instruction precedes the product.
+H100, Wan shape, four interleaved rounds against the previous kernel (…-s7-run2-kmeans-variants.log): 300 clusters
+0.862–0.866 ms against 0.905–0.926 ms per assignment (every round faster, 6%), 1,000 clusters 1.908–1.952 against
+1.894–2.004 ms (mean 1.931 against 1.949: within the rounds' scatter). Also tried there, slower: two products per
+loop trip with alternating accumulators (1.96–2.20 ms: ptxas spills), ‖c‖² loaded inside each step instead of one
+step ahead (0.95 / 2.10 ms).
+
+then the same labels and atomic centroid sums as the Triton kernel (``_assign_kernel`` in triton_kmeans.py, whose
+semantics this kernel keeps for ``precision="bf16"`` up to the packing width: the operand copy holds −2c for bf16 and c
+for float16, where the kernel folds ‖c‖²/2 − x·c, half the distance, with one add as well). ‖x‖² is left out of the
+distance: it is the same for every centroid of a point. Stage reuse: tile t+3 overwrites the stage of tile t−1, whose
+product every warp waited for in iteration t−1, before the barrier of iteration t. Shared memory: x 32 KB + 4 × 16 KB
+at D 128, 64 centroids per tile: two programs per SM.
 
 The points are the products' register operand (``A_REGS``, the default since the sixth session): loaded once per item
 from shared memory, so each product reads only its centroid tile there. With both operands in shared memory a 128 × 64 ×
@@ -66,6 +84,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 STAGES = gl.constexpr(4)  # centroid-tile ring; the schedule above needs exactly four
+# Low bits of a distance that may carry the cluster index: the truncation (≤ 2^(12−23) relative) stays well under the
+# bf16 operands' rounding (2^−9)
+MAX_INDEX_BITS = 12
 
 
 @gluon.jit
@@ -102,25 +123,33 @@ def _opaque_zero(w):
 
 
 @gluon.jit
-def _fold_tile(best, s, csq, t, FOLD: gl.constexpr, TILE_BITS: gl.constexpr):
-    """best = min(best, packed distances of tile t): the tile number replaces the TILE_BITS low bits."""
+def _pack(s, csq, t, slots, FOLD: gl.constexpr, LOW_BITS: gl.constexpr, BLOCK_C: gl.constexpr):
+    """The distances of centroid tile t with their LOW_BITS low bits replaced by the cluster index: the min of the
+    packed values is the nearest cluster (the lowest index among distances equal after the truncation)."""
     if FOLD:  # the operand copy holds −2c: x·(−2c) + ‖c‖²
         dist = s + csq[None, :]
-    else:  # float16 keeps c: ‖c‖² − 2·x·c
-        dist = csq[None, :] - 2.0 * s
+    else:  # float16 keeps c (−2c could overflow): ‖c‖²/2 − x·c, half the distance, one add per element as above
+        dist = (0.5 * csq)[None, :] - s
     bits = dist.to(gl.int32, bitcast=True)
-    packed = ((bits & ~((1 << TILE_BITS) - 1)) | t).to(gl.float32, bitcast=True)
-    return gl.minimum(best, packed)
+    return ((bits & ~((1 << LOW_BITS) - 1)) | (t * BLOCK_C + slots)[None, :]).to(gl.float32, bitcast=True)
+
+
+@gluon.jit
+def _row_min(packed, BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr):
+    """The minimum of each thread's own columns of a point: the wgmma accumulator gives a thread columns
+    8·j + 2·(lane % 4) + i, and the reshape puts j and i on axes of their own, so the reduction stays in registers
+    (no shuffles) and a running minimum takes BLOCK_P/32 registers a thread instead of BLOCK_P·BLOCK_C/128."""
+    return gl.min(gl.min(gl.reshape(packed, [BLOCK_P, BLOCK_C // 8, 4, 2]), 3), 1)
 
 
 @gluon.jit
 def _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout: gl.constexpr, acc_layout: gl.constexpr, FOLD: gl.constexpr,
-              TILE_BITS: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr,
+              LOW_BITS: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr,
               A_REGS: gl.constexpr):
-    """The running packed minimum per (point, column slot) over all centroid tiles of group g, for the points in
-    x_smem (copied by ``_issue_item``, three copy groups outstanding). Returns with every copy landed and every
-    product retired (this warp's: a barrier makes the shared memory free for the next item)."""
-    far: gl.constexpr = 1.0e38  # finite: inf with tile bits set would be a NaN
+    """The running packed minimum (``_row_min``) over all centroid tiles of group g, for the points in x_smem
+    (copied by ``_issue_item``, three copy groups outstanding). Returns with every copy landed and every product
+    retired (this warp's: a barrier makes the shared memory free for the next item)."""
+    far: gl.constexpr = 1.0e38  # finite: inf with index bits set would be a NaN
     cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, ld_layout))
     crow = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(1, ld_layout)) + z
     slots = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, acc_layout)) + z
@@ -136,34 +165,39 @@ def _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout: gl.constexpr, acc_lay
         xa = x_smem
     tok = warpgroup_mma(xa, c_smem.index(0).permute((1, 0)), zeros, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=[tok])
+    best = _row_min(gl.full_like(zeros, float("inf")), BLOCK_P, BLOCK_C)
     csq = gl.load(CSQ + g * C + slots, mask=slots < C, other=far)
-    best = gl.full_like(zeros, float("inf"))
     for t in range(0, n_tiles - 1):
-        async_copy.wait_group(1)  # tile t+1 landed (t+2 may still be in flight)
-        fence_async_shared()
-        gl.thread_barrier()  # also: every warp is past S_{t-1}, so its stage can take tile t+3
-        _copy_tile(c_smem.index((t + 3) % STAGES), c_base, t + 3, crow, cols, C, BLOCK_C, BLOCK_D)
-        async_copy.commit_group()
-        # issued only now that S_t has retired (C7514/C7515 in the module docstring); S_t is folded under it
-        tok = warpgroup_mma(xa, c_smem.index((t + 1) % STAGES).permute((1, 0)), zeros, use_acc=False,
-                            is_async=True)
-        cen = (t + 1) * BLOCK_C + slots
-        csq_next = gl.load(CSQ + g * C + cen, mask=cen < C, other=far)
-        best = _fold_tile(best, s, csq, t, FOLD, TILE_BITS)
-        s = warpgroup_mma_wait(0, deps=[tok])
-        csq = csq_next
-    best = _fold_tile(best, s, csq, n_tiles - 1, FOLD, TILE_BITS)
+        best, s, csq = _step(t, best, s, csq, xa, c_smem, c_base, CSQ, g, C, crow, cols, slots, zeros, FOLD,
+                             LOW_BITS, BLOCK_P, BLOCK_C, BLOCK_D)
+    best = gl.minimum(best, _row_min(_pack(s, csq, n_tiles - 1, slots, FOLD, LOW_BITS, BLOCK_C), BLOCK_P, BLOCK_C))
     async_copy.wait_group(0)  # copies of tiles past the end (all masked) land before the stages are reused
     return best
 
 
 @gluon.jit
-def _labels(best, C, z, acc_layout: gl.constexpr, BLOCK_C: gl.constexpr, TILE_BITS: gl.constexpr):
-    """The row reduction of the packed minima: each point's cluster (the first slot holding the minimum)."""
-    slots = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, acc_layout)) + z
-    low = gl.min(best, 1)
-    slot = gl.min(gl.where(best == low[:, None], slots[None, :], BLOCK_C), 1)  # the first slot holding it
-    best_idx = (low.to(gl.int32, bitcast=True) & ((1 << TILE_BITS) - 1)) * BLOCK_C + slot
+def _step(t, best, s, csq, xa, c_smem, c_base, CSQ, g, C, crow, cols, slots, zeros, FOLD: gl.constexpr,
+          LOW_BITS: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr):
+    """Product t+1 on the tensor cores while product t (s, with ‖c‖² csq) is folded into best; returns (best,
+    product t+1, ‖c‖² of tile t+1)."""
+    async_copy.wait_group(1)  # tile t+1 landed (t+2 may still be in flight)
+    fence_async_shared()
+    gl.thread_barrier()  # also: every warp is past S_{t-1}, so its stage can take tile t+3
+    _copy_tile(c_smem.index((t + 3) % STAGES), c_base, t + 3, crow, cols, C, BLOCK_C, BLOCK_D)
+    async_copy.commit_group()
+    # issued only now that S_t has retired (C7514/C7515 in the module docstring); S_t is folded under it
+    tok = warpgroup_mma(xa, c_smem.index((t + 1) % STAGES).permute((1, 0)), zeros, use_acc=False, is_async=True)
+    cen = (t + 1) * BLOCK_C + slots
+    csq_next = gl.load(CSQ + g * C + cen, mask=cen < C, other=1.0e38)
+    best = gl.minimum(best, _row_min(_pack(s, csq, t, slots, FOLD, LOW_BITS, BLOCK_C), BLOCK_P, BLOCK_C))
+    return best, warpgroup_mma_wait(0, deps=[tok]), csq_next
+
+
+@gluon.jit
+def _labels(best, C, acc_layout: gl.constexpr, LOW_BITS: gl.constexpr):
+    """Each point's cluster: the index in the low bits of its smallest packed distance (``_pack``)."""
+    low = gl.convert_layout(gl.min(best, 1), gl.SliceLayout(1, acc_layout))
+    best_idx = low.to(gl.int32, bitcast=True) & ((1 << LOW_BITS) - 1)
     return gl.where(best_idx < C, best_idx, 0)  # a row of NaN or huge distances: cluster 0
 
 
@@ -197,13 +231,13 @@ def _gluon_assign_kernel(
     X, CD, CSQ, LABELS, SUMS, COUNTS, SHIFT,
     it, tol, N, C, G, sxg, sxn,
     BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr, MAX_IT: gl.constexpr,
-    USE_TOL: gl.constexpr, TILE_BITS: gl.constexpr, FOLD: gl.constexpr, ACCUMULATE: gl.constexpr,
+    USE_TOL: gl.constexpr, LOW_BITS: gl.constexpr, FOLD: gl.constexpr, ACCUMULATE: gl.constexpr,
     COPIES: gl.constexpr = 1, PERSISTENT: gl.constexpr = False, A_REGS: gl.constexpr = True,
 ):
     """Arguments as ``_assign_kernel`` (triton_kmeans.py) with D = BLOCK_D (rows of 16-byte copies, so no column
     mask) and G the number of groups; X and CD share the operand dtype (bf16 or float16). PERSISTENT: a 1-D grid of
     programs striding over the work items (group-major); else grid (cdiv(N, BLOCK_P), G), one item per program."""
-    gl.static_assert(TILE_BITS > 0, "packed argmin only")
+    gl.static_assert(BLOCK_C <= (1 << LOW_BITS), "LOW_BITS holds a cluster index (packed argmin only)")
     NW: gl.constexpr = gl.num_warps()
     dtype: gl.constexpr = CD.dtype.element_ty
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1],
@@ -239,7 +273,7 @@ def _gluon_assign_kernel(
                 g = (w // tiles).to(gl.int64)
                 p = w % tiles
                 z = _opaque_zero(w)  # keeps the item's index arithmetic inside the loop (see _opaque_zero)
-                best = _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout, acc_layout, FOLD, TILE_BITS,
+                best = _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout, acc_layout, FOLD, LOW_BITS,
                                  BLOCK_P, BLOCK_C, BLOCK_D, A_REGS)
                 if ACCUMULATE:  # the points for the atomics, before the next item's copy lands
                     x = x_smem.load(row_layout)
@@ -248,7 +282,7 @@ def _gluon_assign_kernel(
                 if nxt < items:  # the next item's copies run under this one's reduction, labels and atomics
                     _issue_item(x_smem, c_smem, X, CD, (nxt // tiles).to(gl.int64), nxt % tiles, N, C, sxg, sxn,
                                 z, ld_layout, BLOCK_P, BLOCK_C, BLOCK_D)
-                best_idx = _labels(best, C, z, acc_layout, BLOCK_C, TILE_BITS)
+                best_idx = _labels(best, C, acc_layout, LOW_BITS)
                 rows = p * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, acc_layout)) + z
                 gl.store(LABELS + g * N + rows, best_idx.to(gl.int64), mask=rows < N)
                 if ACCUMULATE:
@@ -257,9 +291,9 @@ def _gluon_assign_kernel(
             p = gl.program_id(0)
             g = gl.program_id(1).to(gl.int64)
             _issue_item(x_smem, c_smem, X, CD, g, p, N, C, sxg, sxn, 0, ld_layout, BLOCK_P, BLOCK_C, BLOCK_D)
-            best = _products(x_smem, c_smem, CD, CSQ, g, C, 0, ld_layout, acc_layout, FOLD, TILE_BITS, BLOCK_P,
+            best = _products(x_smem, c_smem, CD, CSQ, g, C, 0, ld_layout, acc_layout, FOLD, LOW_BITS, BLOCK_P,
                              BLOCK_C, BLOCK_D, A_REGS)
-            best_idx = _labels(best, C, 0, acc_layout, BLOCK_C, TILE_BITS)
+            best_idx = _labels(best, C, acc_layout, LOW_BITS)
             rows = p * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, acc_layout))
             gl.store(LABELS + g * N + rows, best_idx.to(gl.int64), mask=rows < N)
             if ACCUMULATE:  # the centroid update's scatter: the points are still in shared memory
@@ -267,8 +301,13 @@ def _gluon_assign_kernel(
                          COPIES)
 
 
+def index_bits(clusters: int, block_c: int) -> int:
+    """Low bits of a packed distance that hold the cluster index (padded to whole centroid tiles)."""
+    return max(1, (-(-clusters // block_c) * block_c - 1).bit_length())
+
+
 def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 4, maxnreg: int = 0, dtype: str = "bf16",
-                 accumulate: bool = True, tile_bits: int = 4, copies: int = 1, persistent: bool = True,
+                 accumulate: bool = True, clusters: int = 1000, copies: int = 1, persistent: bool = True,
                  a_regs: bool = True):
     """Compile the kernel for sm_90 without a GPU (for inspection and the CPU test); the defaults are the launch
     options ``TritonKMeans`` uses. Returns ``triton.compile``'s result (``.asm["ptx"]``, ``.metadata.shared``)."""
@@ -279,13 +318,14 @@ def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 4, maxn
     names = ["X", "CD", "CSQ", "LABELS", "SUMS", "COUNTS", "SHIFT", "it", "tol", "N", "C", "G", "sxg", "sxn"]
     types = [f"*{dtype}", f"*{dtype}", "*fp32", "*i64", "*fp32", "*i32", "*fp32", "i32", "fp32"] + ["i32"] * 5
     signature = dict(zip(names, types))
-    signature.update({k: "constexpr" for k in ("BLOCK_P", "BLOCK_C", "BLOCK_D", "MAX_IT", "USE_TOL", "TILE_BITS",
+    signature.update({k: "constexpr" for k in ("BLOCK_P", "BLOCK_C", "BLOCK_D", "MAX_IT", "USE_TOL", "LOW_BITS",
                                                "FOLD", "ACCUMULATE", "COPIES", "PERSISTENT", "A_REGS")})
     aligned = [i for i, name in enumerate(names) if types[i].startswith("*") or name in ("sxg", "sxn")]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = GluonASTSource(_gluon_assign_kernel, signature=signature, attrs=attrs,
                          constexprs=dict(BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_D=128, MAX_IT=2, USE_TOL=False,
-                                         TILE_BITS=tile_bits, FOLD=dtype == "bf16", ACCUMULATE=accumulate,
-                                         COPIES=copies, PERSISTENT=bool(persistent), A_REGS=bool(a_regs)))
+                                         LOW_BITS=index_bits(clusters, block_c), FOLD=dtype == "bf16",
+                                         ACCUMULATE=accumulate, COPIES=copies, PERSISTENT=bool(persistent),
+                                         A_REGS=bool(a_regs)))
     options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)

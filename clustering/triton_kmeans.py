@@ -393,11 +393,17 @@ class TritonKMeans(Clusterer):
         gluon_reasons = self.gluon_problems(x) if self.assign_kernel != "triton" else ["not requested"]
         if tile_bits == 0:  # the exact argmin (ieee, more than 256 centroid tiles, or asked for)
             gluon_reasons.append("implements the packed argmin only")
+        elif not gluon_reasons:
+            from .gluon_kmeans import MAX_INDEX_BITS, index_bits
+
+            if index_bits(c, self.block_centroids or 64) > MAX_INDEX_BITS:
+                gluon_reasons.append(f"packs cluster indices into {MAX_INDEX_BITS} low bits of each distance: at most "
+                                     f"{1 << MAX_INDEX_BITS} clusters, got {c}")
         if self.assign_kernel == "gluon" and gluon_reasons:
             raise ValueError("assign_kernel 'gluon' cannot cluster this input: " + "; ".join(gluon_reasons))
         for it in range(iters):
             if not gluon_reasons:
-                self._launch_gluon(x, cd, csq, labels, sums, counts, shift, it, tol, max_it, tile_bits, fold)
+                self._launch_gluon(x, cd, csq, labels, sums, counts, shift, it, tol, max_it, fold)
             else:
                 _assign_kernel[(triton.cdiv(n, bp), groups)](
                     x, cd, csq, labels, sums, counts, shift,
@@ -417,9 +423,9 @@ class TritonKMeans(Clusterer):
             )
         return KMeansResult(labels=labels, centroids=cent, sizes=sizes)
 
-    def _launch_gluon(self, x, cd, csq, labels, sums, counts, shift, it, tol, max_it, tile_bits, fold) -> None:
+    def _launch_gluon(self, x, cd, csq, labels, sums, counts, shift, it, tol, max_it, fold) -> None:
         """One assignment with the Hopper kernel (clustering/gluon_kmeans.py)."""
-        from .gluon_kmeans import STAGES, _gluon_assign_kernel
+        from .gluon_kmeans import STAGES, _gluon_assign_kernel, index_bits
 
         groups, n, d = x.shape
         c = cd.shape[1]
@@ -446,7 +452,7 @@ class TritonKMeans(Clusterer):
         _gluon_assign_kernel[grid](
             x, cd, csq, labels, sums, counts, shift,
             it, float(tol), n, c, groups, x.stride(0), x.stride(1),
-            BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=d, MAX_IT=max_it, USE_TOL=tol > 0, TILE_BITS=tile_bits, FOLD=fold,
+            BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=d, MAX_IT=max_it, USE_TOL=tol > 0, LOW_BITS=index_bits(c, bc), FOLD=fold,
             ACCUMULATE=self._accumulate, COPIES=sums.shape[0], PERSISTENT=self._persistent, A_REGS=self._a_regs,
             num_warps=warps,
             **options,
