@@ -8,7 +8,7 @@ At the Wan 2.1 720p shape (B 1, H 40, N 75,600, D 128, bf16; data, warm centroid
 benchmarks/attention.py), in this order: SDPA cuDNN dense; kernel ``gluon_ws`` on one block of all tokens (dense
 through the sparse path: no waste, no tails); ``gluon_ws`` on the k-means layout at 15% (its persistent main pass,
 then the Triton tail launch of the ≤ 64-row remainders); one k-means iteration for k (1,000 clusters: assignment and
-update) and for q (300). Everything is compiled and run once before the range, so only warm launches are profiled.
+update) and for q (300); ``--targets 3,4``: only those. Everything is compiled and run once before the range, so only warm launches are profiled.
 Prints the order and each target's time outside the profiler.
 """
 from __future__ import annotations
@@ -23,6 +23,11 @@ from sparseattn.kernels.gluon_ws_attention import GluonWSBlockSparse
 
 
 def main():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--targets", default="all", help="'all', or comma-separated target numbers (0-4, order above)")
+    args = parser.parse_args()
     shape = bench.SHAPES["wan"]
     q, k, v = bench.clustered_qkv(shape)
     b, h, n, d = q.shape
@@ -49,6 +54,8 @@ def main():
         ("k-means k, 1,000 clusters, one iteration", lambda: km.fit(xk, ck, 1)),
         ("k-means q, 300 clusters, one iteration", lambda: km.fit(xq, cq, 1)),
     ]
+    if args.targets != "all":
+        targets = [targets[int(i)] for i in args.targets.split(",")]
     computed, useful = kern.computed_pairs(plan).tolist()
     print(f"{torch.cuda.get_device_name()}; 15% plan: {useful / (b * h * n * n):.1%} density, waste "
           f"{1 - useful / computed:.1%}")

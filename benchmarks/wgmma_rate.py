@@ -5,9 +5,11 @@ then runs ``--iters`` products of them on the tensor cores (wgmma, the points as
 
     PYTHONPATH=$PWD python3 benchmarks/wgmma_rate.py [--iters 4000]
 
-Modes: ``chain`` accumulates every product into one accumulator (the products alone); ``fold`` is the assignment's
-schedule (issue product t+1 into a fresh accumulator, fold product t into a running minimum with ‖c‖² on the ALUs,
-wait), with no loads at all. Rows: shape, mode, programs per SM; time by CUDA events (median of 5), TFLOP/s counting
+Modes: ``chain`` accumulates every product into one accumulator (the products alone); ``rows`` is the assignment's
+schedule (issue product t+1 into a fresh accumulator, fold product t with ‖c‖² and the packed index into a running
+minimum per point and thread on the ALUs, wait), with no loads at all; ``fold`` the same with the running minimum per
+(point, column slot) and the tile number in 4 low bits, the assignment until the seventh session (in this
+microbenchmark ptxas spills it: 21 local loads and stores a tile). Rows: shape, mode, programs per SM; time by CUDA events (median of 5), TFLOP/s counting
 2·P·C·D per product, and the share of the dense bf16 rate that an 8192³ torch.matmul reaches in the same run. The
 difference between the ``fold`` row and the assignment's measured time is what the copies, barriers, label stores
 and atomics cost.
@@ -83,12 +85,13 @@ def _wgmma_rate_kernel(X, C, OUT, ITERS, BLOCK_P: gl.constexpr, BLOCK_C: gl.cons
     gl.atomic_add(OUT + BLOCK_C, total)  # keeps the products live
 
 
-def run(block_p, block_c, fold, programs, iters):
+def run(block_p, block_c, fold, programs, iters, rows=False):
     x = torch.randn(block_p, 128, device="cuda").to(torch.bfloat16) * 0.01
     c = torch.randn(block_c, 128, device="cuda").to(torch.bfloat16) * 0.01
     out = torch.zeros(block_c + 1, device="cuda")
     launch = lambda: _wgmma_rate_kernel[(programs,)](x, c, out, iters, BLOCK_P=block_p, BLOCK_C=block_c,
-                                                     BLOCK_D=128, FOLD=fold, num_warps=4)
+                                                     BLOCK_D=128, FOLD=fold, ROWS=rows,
+                                                     num_warps=4)
     launch()
     torch.cuda.synchronize()
     times = []
@@ -121,12 +124,11 @@ def main():
     dense = 2 * 8192 ** 3 * 10 / start.elapsed_time(end) / 1e9
     print(f"{torch.cuda.get_device_name()}, {sms} SMs; torch.matmul 8192^3 bf16: {dense:.0f} TFLOP/s")
     print(f"{'points x centroids':20} {'mode':6} {'programs/SM':>11} {'ms':>8} {'TFLOP/s':>8} {'of matmul':>9}")
-    for block_p, block_c, fold, per_sm in ((128, 64, True, 2), (128, 64, False, 2), (128, 64, False, 1),
-                                           (128, 64, False, 3), (128, 128, False, 1), (64, 128, False, 2),
-                                           (64, 256, False, 1)):
-        ms, tf = run(block_p, block_c, fold, per_sm * sms, args.iters)
-        print(f"{block_p:>8} x {block_c:<9} {'fold' if fold else 'chain':6} {per_sm:11d} {ms:8.3f} {tf:8.0f} "
-              f"{tf / dense:9.1%}", flush=True)
+    for block_p, block_c, mode, per_sm in ((128, 64, "rows", 2), (128, 64, "fold", 2), (128, 64, "chain", 2),
+                                           (128, 64, "chain", 1), (128, 64, "chain", 3), (128, 128, "chain", 1),
+                                           (64, 128, "chain", 2), (64, 256, "chain", 1)):
+        ms, tf = run(block_p, block_c, mode == "fold", per_sm * sms, args.iters, rows=mode == "rows")
+        print(f"{block_p:>8} x {block_c:<9} {mode:6} {per_sm:11d} {ms:8.3f} {tf:8.0f} {tf / dense:9.1%}", flush=True)
 
 
 if __name__ == "__main__":
