@@ -17,7 +17,8 @@ the default), compared bit for bit with the former; ``--set schedules`` runs the
 tails-fuse``: on k, v copied into the key order (``fuse_permutation="q"``, the default before the fifth session),
 64-row tails against 32-row short tails as well (``short_tail_block_m=32``), and the default (k, v read through
 their order, ``"qkv"``: no copies; the copy itself, ≈ 1 ms, is not in these times: see the whole-call section of
-benchmarks/attention.py).
+benchmarks/attention.py); ``--set rowvec``: the producer gathering a K/V row with 16 lanes (one 16-byte copy each, the
+layout until the seventh session) against 8 lanes (two copies 128 bytes apart from one row address), bit for bit.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def main():
     parser.add_argument("--densities", default="0.15,0.10,0.30")
     parser.add_argument("--no-dense", action="store_true", help="skip the one-block (dense) case")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--set", default="schedules", choices=["schedules", "pingpong", "tails-fuse"],
+    parser.add_argument("--set", default="schedules", choices=["schedules", "pingpong", "tails-fuse", "rowvec"],
                         help="schedules: one program per item, persistent dynamic / static; pingpong: persistent "
                              "free-running against the named-barrier ping-pong")
     args = parser.parse_args()
@@ -95,6 +96,9 @@ def main():
         kernels = [("triton", TritonBlockSparse()), ("gluon_ws fuse q", GluonWSBlockSparse(fuse_permutation="q")),
                    ("gluon_ws fuse q, 32-row tails", GluonWSBlockSparse(fuse_permutation="q", short_tail_block_m=32)),
                    ("gluon_ws (fuse qkv)", GluonWSBlockSparse())]
+    elif args.set == "rowvec":
+        kernels = [("triton", TritonBlockSparse()), ("gluon_ws 16 lanes a row", GluonWSBlockSparse(_row_threads=16)),
+                   ("gluon_ws 8 lanes a row", GluonWSBlockSparse())]
     else:
         kernels = [("triton", TritonBlockSparse()), ("gluon_ws one per item", GluonWSBlockSparse(persistent=False)),
                    ("gluon_ws persistent dynamic", GluonWSBlockSparse(persistent=True, dynamic=True)),

@@ -10,7 +10,8 @@ CTA barriers, so the score product is never overlapped and the gather issue sits
 partitions with ``gl.warp_specialize``, FlashAttention-3 style:
 
   * producer (4 warps, few registers: setmaxnreg down): loads the key indices of tile t from the list, gathers K_t
-    and V_t (rows by index, 16-byte cp.async, rows past the list end zero-filled) into stage t % STAGES of two
+    and V_t (rows by index, 16-byte cp.async, rows past the list end zero-filled; 8 lanes a row at D 128, so each
+    thread copies two chunks 128 bytes apart from one row address, see below) into stage t % STAGES of two
     rings, and signals the stage's "full" mbarrier with ``cp.async.mbarrier.arrive.noinc`` (the arrival fires when
     the thread's copies have landed; the barrier expects one arrival per producer thread). Before reusing a stage it
     waits on the stage's "empty" mbarrier. It also gathers the Q tile (through the query order when fused).
@@ -64,6 +65,19 @@ item kernel's bit for bit (each item runs the same instructions).
 Registers (ptxas, sm_90a, no spills): launched at 168 per thread (12 warps); the producer drops to 64, consumer
 warpgroup 0 (the default partition) rises to 224 and warpgroup 1 to 216. The producer spilled at 40–56.
 
+Producer layout (seventh session): a K/V row of D 128 used to be spread over 16 lanes, one 16-byte copy each, so every
+thread computed a 64-bit address (and loaded an index, and tested a mask) for 16 rows per key tile: 416 instructions
+a tile per producer thread, 30% of all the SM's issued instructions (Nsight Compute source counters, run s7 1, where
+the consumers' loop stalls mostly on fixed-latency dependencies and dispatch). With 8 lanes a row
+(``ROW_THREADS``; each lane copies chunks c and c + 8 of its row, 128 bytes apart, so a warp instruction still reads
+whole 128-byte lines) each thread handles 8 rows: 260 instructions a tile. H100, Wan shape, interleaved rounds
+against the previous layout (``GluonWSBlockSparse(_row_threads=16)``, bit-identical outputs;
+benchmarks/results/h100-2026-11-27-s7-run8-producer-8-lanes.log): one block 210.9 against 216.6 ms, k-means layouts
+at 15 / 10 / 30% 39.30 / 26.95 / 75.92 against 41.74 / 29.04 / 81.28 ms (0.763 / 0.748 / 0.783× cuDNN's effective
+throughput against 0.718 / 0.694 / 0.731× in that run). Two adjacent 16-byte chunks per thread instead (16 elements a
+thread, 8 lanes a row) cut the instructions as much but left each warp instruction reading every other chunk of its
+lines, and was 3–10% slower than the old layout (…-s7-run7-producer-rowvec16.log).
+
 Measured (H100 SXM, Wan 2.1 720p B1 H40 N75600 D128 bf16, benchmarks/gluon_ws_dev.py, cuDNN SDPA in the same process,
 benchmarks/results/h100-2026-11-27-s3-gluonws-run2.log): one block holding every token 233.9 ms = 500 TFLOP/s,
 0.83× cuDNN (195.3 ms), against 269.8 ms (triton) and 275.5 ms (gluon); k-means layouts at 10/15/30% 30.3/43.0/86.0 ms
@@ -106,7 +120,7 @@ mbarrier hand-over (7% slower), bar.sync waits in hardware without a poll loop a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -146,10 +160,11 @@ TURN_BAR = gl.constexpr(8)
 @gluon.jit
 def _producer(q_smem, k_smem, v_smem, q_full, full, empty,
               Qh, Kh, Vh, Q_ROWS, lst, q_start, q_end, L, row_base, sqn, skn, svn,
-              HAS_Q_ROWS: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr):
+              HAS_Q_ROWS: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, ROW_THREADS: gl.constexpr):
     """Gathers Q once, then K_t and V_t of every key tile t into stage t % STAGES (see the module docstring)."""
-    # 8 contiguous elements (one 16-byte cp.async) per thread, a row spread over HEAD_DIM/8 lanes
-    TPR: gl.constexpr = HEAD_DIM // 8
+    # one 16-byte cp.async per thread and row chunk; ROW_THREADS lanes a row (8 at D 128: each thread copies two
+    # chunks 128 bytes apart from one row address, every warp instruction still reads whole 128-byte lines)
+    TPR: gl.constexpr = ROW_THREADS
     ld: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // TPR, TPR],
                                         warps_per_cta=[gl.num_warps(), 1], order=[1, 0])
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, ld))
@@ -209,13 +224,13 @@ def _producer_persistent(q_smem, k_smem, v_smem, q_full, q_empty, full, empty, i
                          Q_ROWS, Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, COUNTER, N, H, MQ, SLOTS, N_ITEMS,
                          sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
                          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                         HAS_Q_ROWS: gl.constexpr, DYNAMIC: gl.constexpr):
+                         HAS_Q_ROWS: gl.constexpr, DYNAMIC: gl.constexpr, ROW_THREADS: gl.constexpr):
     """The persistent kernel's producer. Static schedule: work items pid, pid + nprog, … (unused slots skipped).
     Dynamic schedule: the next item is claimed with an atomic increment of COUNTER (unused slots skipped) and published
     to the consumers through item_smem/item_full (N_ITEMS: no more items). Per item K_0/V_0 first (the ring runs on
     across items, so it is gathered while the consumers finish the previous item), then Q once both consumer warpgroups
     have retired their last score product of the previous item (q_empty), then the remaining tiles."""
-    TPR: gl.constexpr = HEAD_DIM // 8
+    TPR: gl.constexpr = ROW_THREADS
     ld: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // TPR, TPR],
                                         warps_per_cta=[gl.num_warps(), 1], order=[1, 0])
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, ld))
@@ -546,7 +561,7 @@ def _gluon_ws_sparse_attn_fwd_kernel(
     qk_scale, N, H, MQ, SLOTS,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_Q_ROWS: gl.constexpr,
-    PINGPONG: gl.constexpr, EARLY_RESCALE: gl.constexpr,
+    PINGPONG: gl.constexpr, EARLY_RESCALE: gl.constexpr, ROW_THREADS: gl.constexpr = 8,
 ):
     """Arguments as kernel ``gluon``'s ``_gluon_sparse_attn_fwd_kernel`` (PINGPONG: alternate the two consumer
     warpgroups' products; EARLY_RESCALE: rescale O under the score product, see _step). Launched with num_warps=4
@@ -585,7 +600,7 @@ def _gluon_ws_sparse_attn_fwd_kernel(
                           row_base, son, qk_scale, HAS_Q_ROWS, PINGPONG, EARLY_RESCALE, BLOCK_N, HEAD_DIM)),
              (_producer, (q_smem, k_smem, v_smem, q_full, full, empty, Q + b * sqb + h * sqh, K + b * skb + h * skh,
                           V + b * svb + h * svh, Q_ROWS, lst, q_start, q_end, L, row_base, sqn, skn, svn,
-                          HAS_Q_ROWS, BLOCK_N, HEAD_DIM))],
+                          HAS_Q_ROWS, BLOCK_N, HEAD_DIM, ROW_THREADS))],
             [4, PRODUCER_WARPS],
             [CONSUMER_REGS, PRODUCER_REGS],
         )
@@ -598,7 +613,7 @@ def _gluon_ws_persistent_kernel(
     qk_scale, N, H, MQ, SLOTS, N_ITEMS,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_Q_ROWS: gl.constexpr,
-    EARLY_RESCALE: gl.constexpr, DYNAMIC: gl.constexpr, PINGPONG: gl.constexpr = True,
+    EARLY_RESCALE: gl.constexpr, DYNAMIC: gl.constexpr, PINGPONG: gl.constexpr = True, ROW_THREADS: gl.constexpr = 8,
 ):
     """The persistent main pass: about one program per SM, program p runs work items p, p + nprog, … of the
     N_ITEMS (= BH · SLOTS) slots, skipping unused ones (DYNAMIC: each program's producer claims the next slot with an
@@ -641,7 +656,7 @@ def _gluon_ws_persistent_kernel(
          (_producer_persistent, (q_smem, k_smem, v_smem, q_full, q_empty, full, empty, item_smem, item_full, Q, K, V,
                                  Q_ROWS, Q_OFF, LENS, LIST_OFF, LIST, WORK_I, WORK_R, COUNTER, N, H, MQ, SLOTS,
                                  N_ITEMS, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, BLOCK_M, BLOCK_N, HEAD_DIM,
-                                 HAS_Q_ROWS, DYNAMIC))],
+                                 HAS_Q_ROWS, DYNAMIC, ROW_THREADS))],
         [4, PRODUCER_WARPS],
         [CONSUMER_REGS, PRODUCER_REGS],
     )
@@ -673,6 +688,7 @@ class GluonWSBlockSparse(GluonBlockSparse):
     early_rescale: bool = True
     persistent: bool = True
     dynamic: bool = True
+    _row_threads: int = field(default=8, repr=False)  # producer: lanes a K/V row (16 before s7; a diagnostic)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -702,7 +718,8 @@ class GluonWSBlockSparse(GluonBlockSparse):
                 LOG2E / math.sqrt(d), n, h, plan.num_q_blocks, main.slots, items,
                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
                 BLOCK_M=main.block_m, BLOCK_N=main.block_n, HEAD_DIM=d, HAS_Q_ROWS=q_rows is not None,
-                EARLY_RESCALE=self.early_rescale, DYNAMIC=self.dynamic, PINGPONG=self.pingpong, num_warps=4,
+                EARLY_RESCALE=self.early_rescale, DYNAMIC=self.dynamic, PINGPONG=self.pingpong,
+                ROW_THREADS=self._row_threads, num_warps=4,
             )
             return out
         _gluon_ws_sparse_attn_fwd_kernel[(items,)](
@@ -711,14 +728,14 @@ class GluonWSBlockSparse(GluonBlockSparse):
             LOG2E / math.sqrt(d), n, h, plan.num_q_blocks, main.slots,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
             BLOCK_M=main.block_m, BLOCK_N=main.block_n, HEAD_DIM=d, HAS_Q_ROWS=q_rows is not None,
-            PINGPONG=self.pingpong, EARLY_RESCALE=self.early_rescale, num_warps=4,
+            PINGPONG=self.pingpong, EARLY_RESCALE=self.early_rescale, ROW_THREADS=self._row_threads, num_warps=4,
         )
         return out
 
 
 def compile_sm90(head_dim: int = 128, block_n: int = 128, dtype: str = "bf16", has_q_rows: bool = True,
                  pingpong: bool = False, early_rescale: bool = True, persistent: bool = False,
-                 dynamic: bool = True):
+                 dynamic: bool = True, row_threads: int = 8):
     """Compile the main-pass kernel for sm_90 without a GPU (for inspection and the CPU test); as kernel
     ``gluon``'s ``compile_sm90``: ``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata.shared``. ``pingpong``: as the
     class's option; ``persistent``: the persistent kernel, ``dynamic``: its atomic-counter schedule."""
@@ -746,6 +763,8 @@ def compile_sm90(head_dim: int = 128, block_n: int = 128, dtype: str = "bf16", h
         kernel = _gluon_ws_sparse_attn_fwd_kernel
     signature["PINGPONG"] = "constexpr"
     constexprs["PINGPONG"] = bool(pingpong)
+    signature["ROW_THREADS"] = "constexpr"
+    constexprs["ROW_THREADS"] = row_threads
     # as the launcher specialises them: pointers 16-byte aligned, strides (multiples of D) divisible by 16
     aligned = [i for i, name in enumerate(names) if types[i].startswith("*") or name[0] == "s" and name != "SLOTS"]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}

@@ -25,8 +25,8 @@ import pytest  # noqa: E402
 
 from sparseattn.interfaces import BlockMask, Layout  # noqa: E402
 
-# --import-mode=importlib keeps test modules off sys.path; helper modules in this folder (block_cases.py) are
-# imported by name, so the folder goes on it once here.
+# --import-mode=importlib keeps test modules off sys.path; helper modules in this folder (block_cases.py,
+# sass_tools.py) are imported by name, so the folder goes on it once here.
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

@@ -24,6 +24,7 @@ pytest.importorskip("triton.experimental.gluon", reason="this Triton has no Gluo
 from sparseattn.clustering.init import init_centroids  # noqa: E402
 from sparseattn.clustering.torch_kmeans import TorchKMeans  # noqa: E402
 from sparseattn.clustering.triton_kmeans import TritonKMeans  # noqa: E402
+from sass_tools import innermost_loops, opcode  # noqa: E402
 
 
 def _hopper() -> bool:
@@ -56,29 +57,6 @@ def compiled(compile_sm90):
         for v in VARIANTS})
 
 
-def _product_loops(cubin) -> list:
-    """The SASS of each innermost loop holding wgmma (HGMMA), by cuobjdump beside the wheel's ptxas: a list of
-    instruction lists (skips when there is no cuobjdump)."""
-    import subprocess
-
-    binary = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if not os.path.exists(binary):
-        pytest.skip(f"no cuobjdump at {binary}")
-    sass = subprocess.run([binary, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
-    code = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
-    loops = [(int(b.group(1), 16), addr) for addr, text in code
-             if (b := re.search(r"\bBRA\s+(?:`\()?0x([0-9a-f]+)", text)) and int(b.group(1), 16) <= addr]
-    mma = [addr for addr, text in code if "HGMMA" in text]
-
-    def has_mma(lo, hi):
-        return any(lo <= a <= hi for a in mma)
-
-    inner = [(lo, hi) for lo, hi in loops if has_mma(lo, hi)
-             and not any(lo <= a and b <= hi and (a, b) != (lo, hi) and has_mma(a, b) for a, b in loops)]
-    assert inner, "no loop around the products"
-    return [[text for addr, text in code if lo <= addr <= hi] for lo, hi in inner]
-
-
 @pytest.mark.parametrize("block_p,warps,maxnreg,dtype,accumulate,persistent,a_regs", VARIANTS)
 def test_compiles_for_sm90_without_spills_or_serialised_wgmma(compiled, ptxas, block_p, warps, maxnreg, dtype,
                                                               accumulate, persistent, a_regs):
@@ -95,8 +73,8 @@ def test_compiles_for_sm90_without_spills_or_serialised_wgmma(compiled, ptxas, b
         assert code not in info.report, info.report
     if persistent:
         assert info.spill_stores <= PERSISTENT_SPILL[warps], info.report
-        local = [t for loop in _product_loops(folder / f"{name}.ptx.cubin") for t in loop
-                 if re.match(r"(@!?U?P\w+\s+)?(LDL|STL)\b", t.strip())]
+        local = [t for loop in innermost_loops(folder / f"{name}.ptx.cubin", "HGMMA") for t in loop
+                 if opcode(t).startswith(("LDL", "STL"))]
         assert not local, local
     else:
         assert info.spill_stores == 0 and info.spill_loads == 0, info.report
@@ -113,15 +91,15 @@ def test_persistent_product_loop_no_longer_than_one_item_per_program(compiled, p
     for persistent in (0, 1):
         name = _name(128, 4, 0, dtype, True, persistent, 1)
         ptxas(folder / f"{name}.ptx")  # writes the cubin
-        lengths[persistent] = max(len(loop) for loop in _product_loops(folder / f"{name}.ptx.cubin"))
+        lengths[persistent] = max(len(loop) for loop in innermost_loops(folder / f"{name}.ptx.cubin", "HGMMA"))
     print(f"{dtype}: product loop {lengths[1]} instructions persistent, {lengths[0]} one item per program")
     assert lengths[1] <= lengths[0], lengths
 
 
 @pytest.mark.parametrize("block_p,warps,maxnreg,dtype,accumulate,persistent,a_regs",
                          [v for v in VARIANTS if v[1] == 4])
-def test_products_issued_before_the_fold(compiled, ptxas, block_p, warps, maxnreg, dtype, accumulate, persistent,
-                                         a_regs):
+def test_products_issued_before_the_fold(compiled, ptxas, block_p, warps, maxnreg, dtype, accumulate,
+                                         persistent, a_regs):
     """The point of the kernel: the next tile's product runs while the previous one is folded. With a running
     minimum per (point, column slot) (64 more registers a thread, the kernel until the seventh session) ptxas had
     no registers to hold the previous product while the next one ran, and scheduled 57 of a tile's 64 FMNMX (114 of
@@ -130,8 +108,8 @@ def test_products_issued_before_the_fold(compiled, ptxas, block_p, warps, maxnre
     folder, _ = compiled
     name = _name(block_p, warps, maxnreg, dtype, accumulate, persistent, a_regs)
     ptxas(folder / f"{name}.ptx")  # writes the cubin
-    for loop in _product_loops(folder / f"{name}.ptx.cubin"):
-        ops = [t.split()[1] if t.startswith("@") else t.split()[0] for t in (x.strip() for x in loop)]
+    for loop in innermost_loops(folder / f"{name}.ptx.cubin", "HGMMA"):
+        ops = [opcode(t) for t in loop]
         first = next(i for i, op in enumerate(ops) if op.startswith("HGMMA"))
         before = sum(op.startswith("FMNMX") for op in ops[:first])
         print(f"{name}: {before} of {sum(op.startswith('FMNMX') for op in ops)} FMNMX before the first HGMMA")
