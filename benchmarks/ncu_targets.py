@@ -8,8 +8,8 @@ At the Wan 2.1 720p shape (B 1, H 40, N 75,600, D 128, bf16; data, warm centroid
 benchmarks/attention.py), in this order: SDPA cuDNN dense; kernel ``gluon_ws`` on one block of all tokens (dense
 through the sparse path: no waste, no tails); ``gluon_ws`` on the k-means layout at 15% (its persistent main pass,
 then the Triton tail launch of the ≤ 64-row remainders); one k-means iteration for k (1,000 clusters: assignment and
-update) and for q (300); ``--targets 3,4``: only those. Everything is compiled and run once before the range, so only warm launches are profiled.
-Prints the order and each target's time outside the profiler.
+update) and for q (300); ``--targets 3,4``: only those. Everything is compiled and run once before the range, so only
+warm launches are profiled. Prints the order and each target's time outside the profiler.
 """
 from __future__ import annotations
 

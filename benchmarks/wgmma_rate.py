@@ -9,10 +9,10 @@ Modes: ``chain`` accumulates every product into one accumulator (the products al
 schedule (issue product t+1 into a fresh accumulator, fold product t with ‖c‖² and the packed index into a running
 minimum per point and thread on the ALUs, wait), with no loads at all; ``fold`` the same with the running minimum per
 (point, column slot) and the tile number in 4 low bits, the assignment until the seventh session (in this
-microbenchmark ptxas spills it: 21 local loads and stores a tile). Rows: shape, mode, programs per SM; time by CUDA events (median of 5), TFLOP/s counting
-2·P·C·D per product, and the share of the dense bf16 rate that an 8192³ torch.matmul reaches in the same run. The
-difference between the ``fold`` row and the assignment's measured time is what the copies, barriers, label stores
-and atomics cost.
+microbenchmark ptxas spills it: 21 local loads and stores a tile). Rows: shape, mode, programs per SM; time by CUDA
+events (median of 5), TFLOP/s counting 2·P·C·D per product, and the share of the dense bf16 rate that an 8192³
+torch.matmul reaches in the same run. The difference between the ``rows`` row and the assignment's measured time is
+what the copies, ‖c‖² loads, barriers, label stores and atomics cost.
 """
 from __future__ import annotations
 

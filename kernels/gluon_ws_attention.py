@@ -66,14 +66,14 @@ Registers (ptxas, sm_90a, no spills): launched at 168 per thread (12 warps); the
 warpgroup 0 (the default partition) rises to 224 and warpgroup 1 to 216. The producer spilled at 40–56.
 
 Producer layout (seventh session): a K/V row of D 128 used to be spread over 16 lanes, one 16-byte copy each, so every
-thread computed a 64-bit address (and loaded an index, and tested a mask) for 16 rows per key tile: 416 instructions
-a tile per producer thread, 30% of all the SM's issued instructions (Nsight Compute source counters, run s7 1, where
-the consumers' loop stalls mostly on fixed-latency dependencies and dispatch). With 8 lanes a row
+thread computed a 64-bit address (and loaded an index, and tested a mask) for 16 rows per key tile: 416 instructions a
+tile per producer thread, 29% of all the instructions the kernel issued (Nsight Compute source counters, run s7 1,
+where the consumers' loop stalls mostly on fixed-latency dependencies and dispatch). With 8 lanes a row
 (``ROW_THREADS``; each lane copies chunks c and c + 8 of its row, 128 bytes apart, so a warp instruction still reads
-whole 128-byte lines) each thread handles 8 rows: 260 instructions a tile. H100, Wan shape, interleaved rounds
-against the previous layout (``GluonWSBlockSparse(_row_threads=16)``, bit-identical outputs;
-benchmarks/results/h100-2026-11-27-s7-run8-producer-8-lanes.log): one block 210.9 against 216.6 ms, k-means layouts
-at 15 / 10 / 30% 39.30 / 26.95 / 75.92 against 41.74 / 29.04 / 81.28 ms (0.763 / 0.748 / 0.783× cuDNN's effective
+whole 128-byte lines) each thread handles 8 rows: 260 instructions a tile. H100, Wan shape, interleaved rounds against
+the previous layout (``GluonWSBlockSparse(_row_threads=16)``, bit-identical outputs;
+benchmarks/results/h100-2026-11-27-s7-run8-producer-8-lanes.log): one block 210.9 against 216.6 ms, k-means layouts at
+15 / 10 / 30% 39.30 / 26.95 / 75.92 against 41.74 / 29.04 / 81.28 ms (0.763 / 0.748 / 0.783× cuDNN's effective
 throughput against 0.718 / 0.694 / 0.731× in that run). Two adjacent 16-byte chunks per thread instead (16 elements a
 thread, 8 lanes a row) cut the instructions as much but left each warp instruction reading every other chunk of its
 lines, and was 3–10% slower than the old layout (…-s7-run7-producer-rowvec16.log).
@@ -695,6 +695,16 @@ class GluonWSBlockSparse(GluonBlockSparse):
         if not isinstance(self.pingpong, bool):
             raise ValueError(f"pingpong must be True (the warpgroups' products alternate, through named barriers) or "
                              f"False, got {self.pingpong!r}")
+        if self._row_threads not in (8, 16):
+            raise ValueError(f"_row_threads (lanes per K/V row in the producer) must be 8 or 16, got "
+                             f"{self._row_threads!r}")
+
+    def why_unsupported(self, q: Tensor, k: Tensor, v: Tensor) -> list[str]:
+        reasons = super().why_unsupported(q, k, v)
+        if isinstance(q, Tensor) and q.dim() == 4 and self._row_threads * 8 > q.shape[-1]:
+            reasons.append(f"_row_threads={self._row_threads} needs head dim ≥ {self._row_threads * 8} (a 16-byte "
+                           f"copy per lane), got {q.shape[-1]}: use 8")
+        return reasons
 
     def run(self, plan: TritonPlan, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         reasons = self.why_unsupported(q, k, v)

@@ -1,14 +1,15 @@
 """The Hopper k-means assignment (clustering/gluon_kmeans.py, ``TritonKMeans(assign_kernel="gluon")``).
 
-Without a GPU: the kernel compiles for sm_90 (Gluon and the wheel's ptxas need no GPU). The PTX must hold
-asynchronous wgmma and 16-byte cp.async copies, and ptxas must report neither spills nor serialised wgmma (C7514 /
-C7515: what happens when accumulator registers are touched while a product runs, which would undo the overlap the
-kernel exists for; C7511: the same for lack of registers), and the running minimum of a tile is folded while the
-next tile's product runs, not before it is issued (the SASS order of the product loop). The persistent kernel (the default: ~2 programs per multiprocessor loop over the work items) may
-keep a few bytes of per-item values in local memory, but none inside the product loop. With an sm_90 GPU: labels,
-centroids and sizes against the Triton assignment and the float32 reference, for cluster counts that are not
-multiples of the tile, N not a multiple of 128, float16 and tol > 0, persistent and not; the persistent kernel's
-labels and sizes equal the one-item-per-program kernel's exactly, also inside a CUDA graph.
+Without a GPU: the kernel compiles for sm_90 (Gluon and the wheel's ptxas need no GPU). The PTX must hold asynchronous
+wgmma and 16-byte cp.async copies, and ptxas must report neither spills nor serialised wgmma (C7514 / C7515: what
+happens when accumulator registers are touched while a product runs, which would undo the overlap the kernel exists
+for; C7511: the same for lack of registers), and the running minimum of a tile is folded while the next tile's product
+runs, not before it is issued (the SASS order of the product loop). The persistent kernel (the default: ~2 programs
+per multiprocessor loop over the work items) may keep a few bytes of per-item values in local memory, but none inside
+the product loop. With an sm_90 GPU: labels, centroids and sizes against the Triton assignment and the float32
+reference, for cluster counts that are not multiples of the tile, N not a multiple of 128, float16 and tol > 0,
+persistent and not; the persistent kernel's labels and sizes equal the one-item-per-program kernel's exactly, also
+inside a CUDA graph.
 """
 from __future__ import annotations
 

@@ -151,6 +151,12 @@ def test_registered_and_reasons_off_hopper():
     assert any("float32" in r for r in reasons), reasons
     q = torch.zeros(1, 1, 8, 96, dtype=torch.bfloat16)
     assert any("head dim 96" in r for r in GluonWSBlockSparse().why_unsupported(q, q, q))
+    with pytest.raises(ValueError, match="_row_threads"):
+        GluonWSBlockSparse(_row_threads=4)
+    q = torch.zeros(1, 1, 8, 64, dtype=torch.bfloat16)
+    assert any("_row_threads=16 needs head dim ≥ 128" in r
+               for r in GluonWSBlockSparse(_row_threads=16).why_unsupported(q, q, q))
+    assert not any("_row_threads" in r for r in GluonWSBlockSparse().why_unsupported(q, q, q))
 
 
 # ----------------------------------------------------------------------------------------------------------------
