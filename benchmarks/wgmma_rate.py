@@ -3,7 +3,7 @@ program loads one point tile (BLOCK_P × 128) and one centroid tile (BLOCK_C × 
 then runs ``--iters`` products of them on the tensor cores (wgmma, the points as the register operand as in
 ``clustering/gluon_kmeans.py``), one product in flight per program, as the assignment issues them.
 
-    PYTHONPATH=$PWD python3 benchmarks/wgmma_rate.py [--iters 4000]
+    PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/wgmma_rate.py [--iters 4000]
 
 Modes: ``chain`` accumulates every product into one accumulator (the products alone); ``rows`` is the assignment's
 schedule (issue product t+1 into a fresh accumulator, fold product t with ‖c‖² and the packed index into a running
@@ -20,6 +20,8 @@ import argparse
 
 import torch
 from triton.experimental import gluon
+
+import attention as bench
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
@@ -89,20 +91,9 @@ def run(block_p, block_c, fold, programs, iters, rows=False):
     x = torch.randn(block_p, 128, device="cuda").to(torch.bfloat16) * 0.01
     c = torch.randn(block_c, 128, device="cuda").to(torch.bfloat16) * 0.01
     out = torch.zeros(block_c + 1, device="cuda")
-    launch = lambda: _wgmma_rate_kernel[(programs,)](x, c, out, iters, BLOCK_P=block_p, BLOCK_C=block_c,
-                                                     BLOCK_D=128, FOLD=fold, ROWS=rows,
-                                                     num_warps=4)
-    launch()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        launch()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    ms = sorted(times)[2]
+    ms = bench.time_cuda(lambda: _wgmma_rate_kernel[(programs,)](x, c, out, iters, BLOCK_P=block_p, BLOCK_C=block_c,
+                                                                  BLOCK_D=128, FOLD=fold, ROWS=rows, num_warps=4),
+                         reps=5, warmup=1)
     return ms, 2.0 * block_p * block_c * 128 * iters * programs / ms / 1e9
 
 
