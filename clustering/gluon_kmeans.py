@@ -87,6 +87,7 @@ STAGES = gl.constexpr(4)  # centroid-tile ring; the schedule above needs exactly
 # Low bits of a distance that may carry the cluster index: the truncation (≤ 2^(12−23) relative) stays well under the
 # bf16 operands' rounding (2^−9)
 MAX_INDEX_BITS = 12
+FAR = gl.constexpr(1.0e38)  # ‖c‖² of the columns past C: finite, since inf with index bits set would be a NaN
 
 
 @gluon.jit
@@ -149,7 +150,6 @@ def _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout: gl.constexpr, acc_lay
     """The running packed minimum (``_row_min``) over all centroid tiles of group g, for the points in x_smem
     (copied by ``_issue_item``, three copy groups outstanding). Returns with every copy landed and every product
     retired (this warp's: a barrier makes the shared memory free for the next item)."""
-    far: gl.constexpr = 1.0e38  # finite: inf with index bits set would be a NaN
     cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, ld_layout))
     crow = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(1, ld_layout)) + z
     slots = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, acc_layout)) + z
@@ -166,7 +166,7 @@ def _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout: gl.constexpr, acc_lay
     tok = warpgroup_mma(xa, c_smem.index(0).permute((1, 0)), zeros, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=[tok])
     best = _row_min(gl.full_like(zeros, float("inf")), BLOCK_P, BLOCK_C)
-    csq = gl.load(CSQ + g * C + slots, mask=slots < C, other=far)
+    csq = gl.load(CSQ + g * C + slots, mask=slots < C, other=FAR)
     for t in range(0, n_tiles - 1):
         best, s, csq = _step(t, best, s, csq, xa, c_smem, c_base, CSQ, g, C, crow, cols, slots, zeros, FOLD,
                              LOW_BITS, BLOCK_P, BLOCK_C, BLOCK_D)
@@ -188,7 +188,7 @@ def _step(t, best, s, csq, xa, c_smem, c_base, CSQ, g, C, crow, cols, slots, zer
     # issued only now that S_t has retired (C7514/C7515 in the module docstring); S_t is folded under it
     tok = warpgroup_mma(xa, c_smem.index((t + 1) % STAGES).permute((1, 0)), zeros, use_acc=False, is_async=True)
     cen = (t + 1) * BLOCK_C + slots
-    csq_next = gl.load(CSQ + g * C + cen, mask=cen < C, other=1.0e38)
+    csq_next = gl.load(CSQ + g * C + cen, mask=cen < C, other=FAR)
     best = gl.minimum(best, _row_min(_pack(s, csq, t, slots, FOLD, LOW_BITS, BLOCK_C), BLOCK_P, BLOCK_C))
     return best, warpgroup_mma_wait(0, deps=[tok]), csq_next
 
