@@ -31,9 +31,10 @@ consequence: tensor pipe active 44% of the cycles, the wgmma wait 20% of the loo
 (benchmarks/results/h100-2026-11-27-s7-run1-ncu.log). With the row minimum no min instruction precedes the product.
 H100, Wan shape, four interleaved rounds against the previous kernel (…-s7-run2-kmeans-variants.log): 300 clusters
 0.862–0.866 ms against 0.905–0.926 ms per assignment (every round faster, 6%), 1,000 clusters 1.908–1.952 against
-1.894–2.004 ms (mean 1.931 against 1.949: within the rounds' scatter). Also tried there, slower: two products per
-loop trip with alternating accumulators (1.96–2.20 ms: ptxas spills), ‖c‖² loaded inside each step instead of one
-step ahead (0.95 / 2.10 ms).
+1.894–2.004 ms (mean 1.931 against 1.949: within the rounds' scatter); runs s7 3–5 on two more machines: q 4–6% faster
+in every round, k within 2% of the previous kernel's mean either way. Also tried in run s7 2, slower: two products per
+loop trip with alternating accumulators (1.96–2.20 ms: ptxas spills), ‖c‖² loaded inside each step instead of one step
+ahead (0.95 / 2.10 ms).
 
 then the same labels and atomic centroid sums as the Triton kernel (``_assign_kernel`` in triton_kmeans.py, whose
 semantics this kernel keeps for ``precision="bf16"`` up to the packing width: the operand copy holds −2c for bf16 and c
