@@ -20,20 +20,18 @@ import argparse
 
 import torch
 from triton.experimental import gluon
-
-import attention as bench
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+
+import attention as bench
+from sparseattn.clustering.gluon_kmeans import _pack, _row_min
 
 
 @gluon.jit
 def _fold_rows(s, csq, slots, t, BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr):
-    dist = s + csq[None, :]
-    bits = dist.to(gl.int32, bitcast=True)
-    code = (t & 15) * BLOCK_C + slots
-    packed = ((bits & ~1023) | code[None, :]).to(gl.float32, bitcast=True)
-    r = gl.reshape(packed, [BLOCK_P, BLOCK_C // 8, 4, 2])
-    return gl.min(gl.min(r, 3), 1)
+    """The assignment's own fold (``_pack`` and ``_row_min`` of clustering/gluon_kmeans.py), 10 index bits; the tile
+    number wraps at 16 so the packed index stays in them."""
+    return _row_min(_pack(s, csq, t & 15, slots, True, 10, BLOCK_C), BLOCK_P, BLOCK_C)
 
 
 @gluon.jit

@@ -396,14 +396,15 @@ class TritonKMeans(Clusterer):
         elif not gluon_reasons:
             from .gluon_kmeans import MAX_INDEX_BITS, index_bits
 
-            if index_bits(c, self.block_centroids or 64) > MAX_INDEX_BITS:
+            low_bits = index_bits(c, self.block_centroids or 64)  # the Gluon kernel's packed cluster index
+            if low_bits > MAX_INDEX_BITS:
                 gluon_reasons.append(f"packs cluster indices into {MAX_INDEX_BITS} low bits of each distance: at most "
                                      f"{1 << MAX_INDEX_BITS} clusters, got {c}")
         if self.assign_kernel == "gluon" and gluon_reasons:
             raise ValueError("assign_kernel 'gluon' cannot cluster this input: " + "; ".join(gluon_reasons))
         for it in range(iters):
             if not gluon_reasons:
-                self._launch_gluon(x, cd, csq, labels, sums, counts, shift, it, tol, max_it, fold)
+                self._launch_gluon(x, cd, csq, labels, sums, counts, shift, it, tol, max_it, low_bits, fold)
             else:
                 _assign_kernel[(triton.cdiv(n, bp), groups)](
                     x, cd, csq, labels, sums, counts, shift,
@@ -423,9 +424,9 @@ class TritonKMeans(Clusterer):
             )
         return KMeansResult(labels=labels, centroids=cent, sizes=sizes)
 
-    def _launch_gluon(self, x, cd, csq, labels, sums, counts, shift, it, tol, max_it, fold) -> None:
+    def _launch_gluon(self, x, cd, csq, labels, sums, counts, shift, it, tol, max_it, low_bits, fold) -> None:
         """One assignment with the Hopper kernel (clustering/gluon_kmeans.py)."""
-        from .gluon_kmeans import STAGES, _gluon_assign_kernel, index_bits
+        from .gluon_kmeans import STAGES, _gluon_assign_kernel
 
         groups, n, d = x.shape
         c = cd.shape[1]
@@ -452,7 +453,7 @@ class TritonKMeans(Clusterer):
         _gluon_assign_kernel[grid](
             x, cd, csq, labels, sums, counts, shift,
             it, float(tol), n, c, groups, x.stride(0), x.stride(1),
-            BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=d, MAX_IT=max_it, USE_TOL=tol > 0, LOW_BITS=index_bits(c, bc), FOLD=fold,
+            BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=d, MAX_IT=max_it, USE_TOL=tol > 0, LOW_BITS=low_bits, FOLD=fold,
             ACCUMULATE=self._accumulate, COPIES=sums.shape[0], PERSISTENT=self._persistent, A_REGS=self._a_regs,
             num_warps=warps,
             **options,
