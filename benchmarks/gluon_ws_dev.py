@@ -23,6 +23,7 @@ layout until the seventh session) against 8 lanes (two copies 128 bytes apart fr
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import torch
 
@@ -32,7 +33,19 @@ from sparseattn.kernels.gluon_ws_attention import GluonWSBlockSparse
 from sparseattn.kernels.triton_attention import TritonBlockSparse
 
 
-def run_case(label, kernels, q, k, v, layout, mask, d, rows, cudnn_tf, budget_ms, rounds):
+def time_launches(label, prepared, budget_ms):
+    """Each kernel's main pass and its tail launches timed alone (plans with the other passes emptied)."""
+    for name, kern, plan, qp, kp, vp, *_ in prepared:
+        main, *tails = plan.passes
+        idle = replace(main, block=main.block[:0], row_tile=main.row_tile[:0])
+        parts = {"main pass": replace(plan, passes=[main]), "tail launches": replace(plan, passes=[idle, *tails])}
+        times = {part: bench.timed(lambda p=p, kern=kern, qp=qp, kp=kp, vp=vp: kern.run(p, qp, kp, vp), budget_ms)
+                 for part, p in parts.items()}
+        bench.log(f"  {name:28} {label:12} launches alone: " + ", ".join(f"{part} {ms:.2f} ms"
+                                                                        for part, ms in times.items()))
+
+
+def run_case(label, kernels, q, k, v, layout, mask, d, rows, cudnn_tf, budget_ms, rounds, launches=False):
     """Time every kernel on one (layout, mask) in interleaved rounds; append table rows; errors against the first
     kernel's output, bit-identity against the second's (one program per item)."""
     ref = base = None
@@ -57,6 +70,8 @@ def run_case(label, kernels, q, k, v, layout, mask, d, rows, cudnn_tf, budget_ms
         for name, kern, plan, qp, kp, vp, *_ in prepared:
             times[name].append(bench.timed(lambda kern=kern, plan=plan, qp=qp, kp=kp, vp=vp: kern.run(plan, qp, kp, vp),
                                            budget_ms))
+    if launches:
+        time_launches(label, prepared, budget_ms)
     for name, kern, plan, qp, kp, vp, err, finite, same, useful, computed in prepared:
         ms = min(times[name])
         tf = 4 * d * useful / ms / 1e9
@@ -73,15 +88,19 @@ def main():
     parser.add_argument("--densities", default="0.15,0.10,0.30")
     parser.add_argument("--no-dense", action="store_true", help="skip the one-block (dense) case")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--set", default="schedules", choices=["schedules", "pingpong", "tails-fuse", "rowvec"],
+    parser.add_argument("--shape", default="wan", choices=sorted(bench.SHAPES))
+    parser.add_argument("--launches", action="store_true",
+                        help="also time each kernel's main pass and tail launches alone (one round)")
+    parser.add_argument("--set", default="schedules",
+                        choices=["schedules", "pingpong", "tails-fuse", "rowvec", "tails", "default"],
                         help="schedules: one program per item, persistent dynamic / static; pingpong: persistent "
                              "free-running against the named-barrier ping-pong")
     args = parser.parse_args()
-    shape = bench.SHAPES["wan"]
+    shape = bench.SHAPES[args.shape]
     q, k, v = bench.clustered_qkv(shape)
     b, h, n, d = q.shape
     bench.log(f"{torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs; "
-              f"Wan 2.1 720p B={b} H={h} N={n} D={d} bf16")
+              f"{args.shape} B={b} H={h} N={n} D={d} bf16")
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
@@ -99,6 +118,12 @@ def main():
     elif args.set == "rowvec":
         kernels = [("triton", TritonBlockSparse()), ("gluon_ws 16 lanes a row", GluonWSBlockSparse(_row_threads=16)),
                    ("gluon_ws 8 lanes a row", GluonWSBlockSparse())]
+    elif args.set == "tails":
+        kernels = [("triton", TritonBlockSparse()), ("gluon_ws tails 64x64", GluonWSBlockSparse()),
+                   ("gluon_ws tails 64x32", GluonWSBlockSparse(tail_block_n=32)),
+                   ("gluon_ws tails 64x32 maxnreg 128", GluonWSBlockSparse(tail_block_n=32, tail_max_registers=128))]
+    elif args.set == "default":
+        kernels = [("triton", TritonBlockSparse()), ("gluon_ws", GluonWSBlockSparse())]
     else:
         kernels = [("triton", TritonBlockSparse()), ("gluon_ws one per item", GluonWSBlockSparse(persistent=False)),
                    ("gluon_ws persistent dynamic", GluonWSBlockSparse(persistent=True, dynamic=True)),
@@ -107,14 +132,15 @@ def main():
     if not args.no_dense:
         one = bench.fixed_block_layout(b, h, n, d, n)
         full = BlockMask(torch.ones(b, h, 1, 1, dtype=torch.bool, device="cuda"))
-        run_case("one block", kernels, q, k, v, one, full, d, rows, cudnn_tf, 2000, args.rounds)
+        run_case("one block", kernels, q, k, v, one, full, d, rows, cudnn_tf, 2000, args.rounds, args.launches)
 
     from sparseattn.clustering.triton_kmeans import TritonKMeans
 
     layout, _ = bench.kmeans_layout(q, k, shape, TritonKMeans(), iters_cold=20)
     for density in (float(x) for x in args.densities.split(",")):
         mask = bench.select_by_density(layout, density, shape["text"])
-        run_case(f"k-means {density:.0%}", kernels, q, k, v, layout, mask, d, rows, cudnn_tf, 1500, args.rounds)
+        run_case(f"k-means {density:.0%}", kernels, q, k, v, layout, mask, d, rows, cudnn_tf, 1500, args.rounds,
+                 args.launches)
 
     bench.log(f"\n{'method':44} {'time ms':>9} {'eff TFLOP/s':>12} {'vs cuDNN':>9} {'waste':>6} {'err vs triton':>14}")
     for name, ms, tf, ratio, waste, err, finite in rows:

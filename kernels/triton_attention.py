@@ -242,7 +242,8 @@ class TritonBlockSparse(SparseKernel):
     ``short_tail_block_m`` × ``tail_block_n`` tiles (0, the default, or a value ≥ tail_block_m, disables it): fewer
     computed pairs wasted on padding rows, but measured 2–4.6% slower in all (docs/performance.md).
     ``num_warps``/``num_stages``: launch options of the main pass (``None``: defaults tuned on H100, see
-    benchmarks/NOTES.md). ``max_index_bytes``: largest key-index buffer
+    benchmarks/NOTES.md). ``tail_max_registers``: a register cap for the tail launches (ptxas ``maxnreg``; ``None``:
+    ptxas's choice), so more of their programs fit an SM. ``max_index_bytes``: largest key-index buffer
     sized from the sync-free upper bound B·H·Mq·N·4 bytes (beyond it the plan sizes the buffer exactly, which
     synchronises with the host). A plan is valid until the next ``plan()`` of the same object.
     ``fuse_permutation``: which permutation the kernel does itself by reading through the layout's orders instead of
@@ -261,6 +262,7 @@ class TritonBlockSparse(SparseKernel):
     short_tail_block_m: int = 0
     num_warps: Optional[int] = None
     num_stages: Optional[int] = None
+    tail_max_registers: Optional[int] = None
     max_index_bytes: int = 6 << 30
     fuse_permutation: str = "q"
     _buffers: dict = field(init=False, repr=False, compare=False, default_factory=dict)
@@ -282,6 +284,9 @@ class TritonBlockSparse(SparseKernel):
             raise ValueError(f"num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
         if self.num_stages is not None and self.num_stages < 1:
             raise ValueError(f"num_stages must be ≥ 1, got {self.num_stages}")
+        if self.tail_max_registers is not None and not 24 <= self.tail_max_registers <= 255:
+            raise ValueError(f"tail_max_registers must be None or 24 … 255 registers a thread, got "
+                             f"{self.tail_max_registers}")
         if self.max_index_bytes < 0:
             raise ValueError(f"max_index_bytes must be ≥ 0, got {self.max_index_bytes}")
 
@@ -425,16 +430,17 @@ class TritonBlockSparse(SparseKernel):
                         slots, bm, bn)
 
     # -- run -----------------------------------------------------------------------------------------------------
-    def _launch_options(self, d: int, main: bool) -> tuple[int, int]:
+    def _launch_options(self, d: int, main: bool) -> dict:
         if main:
-            warps = self.num_warps or (8 if self.block_m >= 128 else 4)
-            stages = self.num_stages or 3
+            options = dict(num_warps=self.num_warps or (8 if self.block_m >= 128 else 4),
+                           num_stages=self.num_stages or 3)
         else:
-            warps = 4
-            stages = 2 if d > 64 and self.tail_block_n >= 128 else 3
+            options = dict(num_warps=4, num_stages=2 if d > 64 and self.tail_block_n >= 128 else 3)
+            if self.tail_max_registers is not None and not interpreting():
+                options["maxnreg"] = self.tail_max_registers
         if interpreting():
-            stages = 1
-        return warps, stages
+            options["num_stages"] = 1
+        return options
 
     def run(self, plan: TritonPlan, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         reasons = self.why_unsupported(q, k, v)
@@ -455,7 +461,6 @@ class TritonBlockSparse(SparseKernel):
         out = torch.empty(b, h, n, d, dtype=q.dtype, device=q.device)
         q_rows = plan.q_rows
         for index, work in enumerate(plan.passes):
-            warps, stages = self._launch_options(d, index == 0)
             _sparse_attn_fwd_kernel[(work.block.numel(),)](
                 q, k, v, out, q_rows if q_rows is not None else work.block,
                 plan.q_off, plan.lens, plan.list_off, plan.lists, work.block, work.row_tile,
@@ -464,7 +469,7 @@ class TritonBlockSparse(SparseKernel):
                 sqn=q.stride(2), skn=k.stride(2), svn=v.stride(2), son=out.stride(2),
                 BLOCK_M=work.block_m, BLOCK_N=work.block_n, HEAD_DIM=d,
                 UPCAST=interpreting() or q.dtype == torch.float32, HAS_Q_ROWS=q_rows is not None,
-                num_warps=warps, num_stages=stages,
+                **self._launch_options(d, index == 0),
             )
         return out
 
