@@ -2,9 +2,10 @@
 dynamic and static schedules) against cuDNN and ``triton``, in one process.
 
     PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/gluon_ws_dev.py [--densities 0.15,0.1,0.3] [--no-dense]
-        [--set schedules|pingpong] [--rounds 2]
+        [--set schedules|pingpong|tails-fuse|rowvec|tails|default] [--rounds 2] [--shape wan|hunyuan] [--launches]
 
-At the Wan 2.1 720p shape (B1 H40 N75600 D128, bf16, data from benchmarks/attention.py): cuDNN SDPA dense, then each
+At the Wan 2.1 720p shape (B1 H40 N75600 D128, bf16, data from benchmarks/attention.py; ``--shape hunyuan``: the
+HunyuanVideo 720p shape with its text block): cuDNN SDPA dense, then each
 kernel on one block holding every token (dense attention through the sparse path, no tile waste) and on a k-means
 layout at the given densities. Each case times the kernels in ``--rounds`` interleaved rounds (A B C D, A B C D, …:
 clock and thermal drift hit every kernel alike); times are medians of CUDA-event timings (attention.timed), the
@@ -18,7 +19,11 @@ tails-fuse``: on k, v copied into the key order (``fuse_permutation="q"``, the d
 64-row tails against 32-row short tails as well (``short_tail_block_m=32``), and the default (k, v read through
 their order, ``"qkv"``: no copies; the copy itself, ≈ 1 ms, is not in these times: see the whole-call section of
 benchmarks/attention.py); ``--set rowvec``: the producer gathering a K/V row with 16 lanes (one 16-byte copy each, the
-layout until the seventh session) against 8 lanes (two copies 128 bytes apart from one row address), bit for bit.
+layout until the seventh session) against 8 lanes (two copies 128 bytes apart from one row address), bit for bit;
+``--set tails``: the Triton tail launches' tiles, 64 × 64 (default: 188 registers, two programs an SM by shared
+memory) against 64 × 32 (146 registers, three an SM) and 64 × 32 capped at 128 registers (four an SM); ``--set
+default``: ``triton`` and ``gluon_ws`` as they come. ``--launches`` also times each kernel's main pass and its tail
+launches alone (one round), which the profile of benchmarks/ncu_targets.py cannot (it flushes the caches).
 """
 from __future__ import annotations
 
@@ -31,6 +36,15 @@ import attention as bench
 from sparseattn.interfaces import BlockMask
 from sparseattn.kernels.gluon_ws_attention import GluonWSBlockSparse
 from sparseattn.kernels.triton_attention import TritonBlockSparse
+
+
+class TailRegisterCap(GluonWSBlockSparse):
+    """gluon_ws with its Triton tail launches capped at 128 registers a thread (ptxas ``maxnreg``): with 64 × 32 tail
+    tiles four programs fit an SM instead of three (ptxas spills 5 registers)."""
+
+    def _launch_options(self, d, main):
+        options = super()._launch_options(d, main)
+        return options if main else {**options, "maxnreg": 128}
 
 
 def time_launches(label, prepared, budget_ms):
@@ -121,7 +135,7 @@ def main():
     elif args.set == "tails":
         kernels = [("triton", TritonBlockSparse()), ("gluon_ws tails 64x64", GluonWSBlockSparse()),
                    ("gluon_ws tails 64x32", GluonWSBlockSparse(tail_block_n=32)),
-                   ("gluon_ws tails 64x32 maxnreg 128", GluonWSBlockSparse(tail_block_n=32, tail_max_registers=128))]
+                   ("gluon_ws tails 64x32 maxnreg 128", TailRegisterCap(tail_block_n=32))]
     elif args.set == "default":
         kernels = [("triton", TritonBlockSparse()), ("gluon_ws", GluonWSBlockSparse())]
     else:

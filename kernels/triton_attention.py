@@ -242,8 +242,7 @@ class TritonBlockSparse(SparseKernel):
     ``short_tail_block_m`` × ``tail_block_n`` tiles (0, the default, or a value ≥ tail_block_m, disables it): fewer
     computed pairs wasted on padding rows, but measured 2–4.6% slower in all (docs/performance.md).
     ``num_warps``/``num_stages``: launch options of the main pass (``None``: defaults tuned on H100, see
-    benchmarks/NOTES.md). ``tail_max_registers``: a register cap for the tail launches (ptxas ``maxnreg``; ``None``:
-    ptxas's choice), so more of their programs fit an SM. ``max_index_bytes``: largest key-index buffer
+    benchmarks/NOTES.md). ``max_index_bytes``: largest key-index buffer
     sized from the sync-free upper bound B·H·Mq·N·4 bytes (beyond it the plan sizes the buffer exactly, which
     synchronises with the host). A plan is valid until the next ``plan()`` of the same object.
     ``fuse_permutation``: which permutation the kernel does itself by reading through the layout's orders instead of
@@ -262,7 +261,6 @@ class TritonBlockSparse(SparseKernel):
     short_tail_block_m: int = 0
     num_warps: Optional[int] = None
     num_stages: Optional[int] = None
-    tail_max_registers: Optional[int] = None
     max_index_bytes: int = 6 << 30
     fuse_permutation: str = "q"
     _buffers: dict = field(init=False, repr=False, compare=False, default_factory=dict)
@@ -284,9 +282,6 @@ class TritonBlockSparse(SparseKernel):
             raise ValueError(f"num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
         if self.num_stages is not None and self.num_stages < 1:
             raise ValueError(f"num_stages must be ≥ 1, got {self.num_stages}")
-        if self.tail_max_registers is not None and not 24 <= self.tail_max_registers <= 255:
-            raise ValueError(f"tail_max_registers must be None or 24 … 255 registers a thread, got "
-                             f"{self.tail_max_registers}")
         if self.max_index_bytes < 0:
             raise ValueError(f"max_index_bytes must be ≥ 0, got {self.max_index_bytes}")
 
@@ -436,8 +431,6 @@ class TritonBlockSparse(SparseKernel):
                            num_stages=self.num_stages or 3)
         else:
             options = dict(num_warps=4, num_stages=2 if d > 64 and self.tail_block_n >= 128 else 3)
-            if self.tail_max_registers is not None and not interpreting():
-                options["maxnreg"] = self.tail_max_registers
         if interpreting():
             options["num_stages"] = 1
         return options
@@ -473,9 +466,11 @@ class TritonBlockSparse(SparseKernel):
             )
         return out
 
-    def computed_pairs(self, plan: TritonPlan) -> Tensor:
+    def computed_pairs(self, plan: TritonPlan, real_rows: bool = False) -> Tensor:
         """(computed, useful) (query, key) pairs of the kernel's tiles, as a float64 tensor of 2 (for waste reports).
 
+        ``real_rows``: count only each row tile's real query rows, so the waste left is the key side's alone (the
+        padding of each list's last key tile; the rest is the padding rows of each query block's last row tile).
         Reads the plan back from the device (a synchronisation): for reports, not for the attention path."""
         q_sizes = (plan.q_off[:, 1:] - plan.q_off[:, :-1]).to(torch.float64)
         lens = plan.lens.to(torch.float64)
@@ -485,6 +480,9 @@ class TritonBlockSparse(SparseKernel):
             bh_index = torch.arange(work.block.numel(), device=lens.device) // work.slots
             blk = work.block.clamp_min(0).long()
             keys = lens[bh_index, blk]
-            computed += (valid * work.block_m * torch.ceil(keys / work.block_n) * work.block_n).sum()
+            rows = torch.full_like(keys, float(work.block_m))
+            if real_rows:
+                rows = (q_sizes[bh_index, blk] - work.row_tile.to(torch.float64) * work.block_m).clamp(0, work.block_m)
+            computed += (valid * rows * torch.ceil(keys / work.block_n) * work.block_n).sum()
         useful = (q_sizes * lens).sum()
         return torch.stack([computed, useful])

@@ -221,6 +221,7 @@ def test_plan_lists_and_work_items(tiles, passes, exact):
     assert len(plan.passes) == passes
     assert [work.block_m for work in plan.passes] == sorted({work.block_m for work in plan.passes}, reverse=True)
     k_off, q_off = layout.k_offsets, layout.q_offsets
+    tile_pairs = real_row_pairs = 0  # computed pairs, tile by tile: with padding rows / with real rows only
     for hi in range(h):
         covered = torch.zeros(n, dtype=torch.long)
         for i in range(mq):
@@ -238,7 +239,14 @@ def test_plan_lists_and_work_items(tiles, passes, exact):
                 hi_row = min(lo + work.block_m, int(q_off[0, hi, i + 1]))
                 assert hi_row > lo, "empty row tile"
                 covered[lo:hi_row] += 1
+                key_tiles = -(-int(plan.lens[hi, i]) // work.block_n)
+                tile_pairs += work.block_m * key_tiles * work.block_n
+                real_row_pairs += (hi_row - lo) * key_tiles * work.block_n
         assert torch.equal(covered, torch.ones(n, dtype=torch.long))
+    useful = float((layout.q_sizes.reshape(h, mq, 1) * layout.k_sizes.reshape(h, 1, mk) * selected[0]).sum())
+    assert kernel.computed_pairs(plan).tolist() == [tile_pairs, useful]
+    assert kernel.computed_pairs(plan, real_rows=True).tolist() == [real_row_pairs, useful]
+    assert useful <= real_row_pairs < tile_pairs
     out = kernel.run(plan, q, q, q)
     assert _rel(out, _brute_force(q, q, q, layout, BlockMask(selected))) < 2e-5
     first = plan.lists.data_ptr()
