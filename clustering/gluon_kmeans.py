@@ -67,6 +67,18 @@ H100, Wan shape (benchmarks/results/h100-2026-11-27-s4-kmeans-persistent-run2.lo
 for 300 clusters and 2.00 → 1.92 ms for 1,000; rereading x from L2 for the atomics instead of keeping it in registers
 was slower (1.00, 2.08–2.15 ms).
 
+``CSQ_SMEM`` (off by default, ``TritonKMeans(_csq_smem=True)``; not timed yet): ‖c‖² travels with each centroid tile
+into a second 4-stage ring (``csq_smem``, 64 fp32 a stage, one 4-byte cp.async a thread for half the threads: a
+group's ‖c‖² starts at g·C floats, so 16-byte alignment is unknown), in the tile's copy group (tiles 0–2: all in the
+first group; one copy group each made the persistent kernel spill ~80 bytes). The next tile's ‖c‖² is read (8 LDS.64)
+right after its product is issued and added as soon as that product retired, so the loop carries distances; columns
+past C (zero-filled) get FAR in the last tile's fold. The 16 masked global loads a thread per tile (long-scoreboard
+stalls in Nsight Compute) are gone and the product loop is shorter (sm_90a SASS: 331 against 411 instructions for
+bf16, 395 against 490 for float16, 255 registers, no spills), but ptxas then interleaves the whole fold with the
+product's 16 HGMMAs (all 64 FMNMX before the last of them, against none in the default, whose last LOP3s alone
+precede it). Reading ‖c‖² elsewhere in the step (before the product, in the step of its own tile, after the wait)
+gave the same interleaving.
+
 Tried and removed (commit db24811, benchmarks/results/h100-2026-11-27-s4-kmeans-csq-mma-bench.log): ‖c‖² added by the
 tensor cores (a chained K = 16 wgmma of [1, 1, 1, 0, …] against ‖c‖² split into three bf16 parts) instead of one add
 per distance. The product loop fell from 437 to 304 instructions per tile and the labels were identical, but the
@@ -100,13 +112,26 @@ def _copy_tile(dst, c_base, t, crow, cols, C, BLOCK_C: gl.constexpr, BLOCK_D: gl
 
 
 @gluon.jit
-def _issue_item(x_smem, c_smem, X, CD, g, p, N, C, sxg, sxn, z, ld_layout: gl.constexpr, BLOCK_P: gl.constexpr,
-                BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr):
-    """cp.async the points of work item (group g, point tile p) and its centroid tiles 0, 1, 2 into stages 0, 1, 2:
-    copy groups {x, C_0}, {C_1}, {C_2}."""
+def _copy_csq(dst, csq_base, t, ccol, C, BLOCK_C: gl.constexpr):
+    """cp.async ‖c‖² of centroid tile t (csq_base: the group's; ccol: ``csq_ld_layout``, 4 bytes a thread, since a
+    group's ‖c‖² starts at g·C floats) into dst (``CSQ_SMEM``); zero-filled past C, where ``_products`` puts FAR."""
+    cen = t * BLOCK_C + ccol
+    async_copy.async_copy_global_to_shared(dst, csq_base + cen, mask=cen < C)
+
+
+@gluon.jit
+def _issue_item(x_smem, c_smem, csq_smem, X, CD, CSQ, g, p, N, C, sxg, sxn, z, ld_layout: gl.constexpr,
+                csq_ld_layout: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr,
+                CSQ_SMEM: gl.constexpr):
+    """cp.async the points of work item (group g, point tile p) and its centroid tiles 0, 1, 2 (with their ‖c‖²
+    when CSQ_SMEM) into stages 0, 1, 2: copy groups {x, C_0}, {C_1}, {C_2}."""
     rows = p * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, ld_layout)) + z
     cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, ld_layout))
     crow = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(1, ld_layout)) + z
+    if CSQ_SMEM:  # ‖c‖² of tiles 0-2, all in the first copy group (the persistent kernel spilled with one a group)
+        ccol = gl.arange(0, BLOCK_C, layout=csq_ld_layout)
+        for t0 in gl.static_range(3):
+            _copy_csq(csq_smem.index(t0), CSQ + g * C, t0, ccol, C, BLOCK_C)
     x_ptr = X + g * sxg + rows[:, None].to(gl.int64) * sxn + cols[None, :]
     async_copy.async_copy_global_to_shared(x_smem, x_ptr, mask=(rows < N)[:, None])
     c_base = CD + g * C * BLOCK_D
@@ -125,15 +150,26 @@ def _opaque_zero(w):
 
 
 @gluon.jit
+def _dist(s, csq, FOLD: gl.constexpr):
+    """The distances of a product s to centroids with ‖c‖² csq (up to ‖x‖², and halved for float16)."""
+    if FOLD:  # the operand copy holds −2c: x·(−2c) + ‖c‖²
+        return s + csq[None, :]
+    else:  # float16 keeps c (−2c could overflow): ‖c‖²/2 − x·c, half the distance, one add per element as above
+        return (0.5 * csq)[None, :] - s
+
+
+@gluon.jit
+def _pack_dist(dist, t, slots, LOW_BITS: gl.constexpr, BLOCK_C: gl.constexpr):
+    """Distances of centroid tile t (``_dist``) with their LOW_BITS low bits replaced by the cluster index."""
+    bits = dist.to(gl.int32, bitcast=True)
+    return ((bits & ~((1 << LOW_BITS) - 1)) | (t * BLOCK_C + slots)[None, :]).to(gl.float32, bitcast=True)
+
+
+@gluon.jit
 def _pack(s, csq, t, slots, FOLD: gl.constexpr, LOW_BITS: gl.constexpr, BLOCK_C: gl.constexpr):
     """The distances of centroid tile t with their LOW_BITS low bits replaced by the cluster index: the min of the
     packed values is the nearest cluster (the lowest index among distances equal after the truncation)."""
-    if FOLD:  # the operand copy holds −2c: x·(−2c) + ‖c‖²
-        dist = s + csq[None, :]
-    else:  # float16 keeps c (−2c could overflow): ‖c‖²/2 − x·c, half the distance, one add per element as above
-        dist = (0.5 * csq)[None, :] - s
-    bits = dist.to(gl.int32, bitcast=True)
-    return ((bits & ~((1 << LOW_BITS) - 1)) | (t * BLOCK_C + slots)[None, :]).to(gl.float32, bitcast=True)
+    return _pack_dist(_dist(s, csq, FOLD), t, slots, LOW_BITS, BLOCK_C)
 
 
 @gluon.jit
@@ -145,14 +181,15 @@ def _row_min(packed, BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr):
 
 
 @gluon.jit
-def _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout: gl.constexpr, acc_layout: gl.constexpr, FOLD: gl.constexpr,
-              LOW_BITS: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr,
-              A_REGS: gl.constexpr):
+def _products(x_smem, c_smem, csq_smem, CD, CSQ, g, C, z, ld_layout: gl.constexpr, csq_ld_layout: gl.constexpr,
+              acc_layout: gl.constexpr, FOLD: gl.constexpr, LOW_BITS: gl.constexpr, BLOCK_P: gl.constexpr,
+              BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr, A_REGS: gl.constexpr, CSQ_SMEM: gl.constexpr):
     """The running packed minimum (``_row_min``) over all centroid tiles of group g, for the points in x_smem
     (copied by ``_issue_item``, three copy groups outstanding). Returns with every copy landed and every product
     retired (this warp's: a barrier makes the shared memory free for the next item)."""
     cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, ld_layout))
     crow = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(1, ld_layout)) + z
+    ccol = gl.arange(0, BLOCK_C, layout=csq_ld_layout) + z
     slots = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, acc_layout)) + z
     zeros = gl.zeros([BLOCK_P, BLOCK_C], gl.float32, acc_layout)
     c_base = CD + g * C * BLOCK_D
@@ -167,31 +204,50 @@ def _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout: gl.constexpr, acc_lay
     tok = warpgroup_mma(xa, c_smem.index(0).permute((1, 0)), zeros, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=[tok])
     best = _row_min(gl.full_like(zeros, float("inf")), BLOCK_P, BLOCK_C)
-    csq = gl.load(CSQ + g * C + slots, mask=slots < C, other=FAR)
+    if CSQ_SMEM:  # s carries the distances (``_dist``) from here on
+        csq = csq_smem.index(0).load(gl.SliceLayout(0, acc_layout))
+        s = _dist(s, csq, FOLD)
+    else:
+        csq = gl.load(CSQ + g * C + slots, mask=slots < C, other=FAR)
     for t in range(0, n_tiles - 1):
-        best, s, csq = _step(t, best, s, csq, xa, c_smem, c_base, CSQ, g, C, crow, cols, slots, zeros, FOLD,
-                             LOW_BITS, BLOCK_P, BLOCK_C, BLOCK_D)
-    best = gl.minimum(best, _row_min(_pack(s, csq, n_tiles - 1, slots, FOLD, LOW_BITS, BLOCK_C), BLOCK_P, BLOCK_C))
+        best, s, csq = _step(t, best, s, csq, xa, c_smem, csq_smem, c_base, CSQ, g, C, crow, cols, ccol, slots,
+                             zeros, FOLD, LOW_BITS, BLOCK_P, BLOCK_C, BLOCK_D, CSQ_SMEM)
+    if CSQ_SMEM:  # the columns past C (zero-filled centroids and ‖c‖²) of the last tile, the only partial one
+        packed = _pack_dist(gl.where(((n_tiles - 1) * BLOCK_C + slots < C)[None, :], s, FAR), n_tiles - 1, slots,
+                            LOW_BITS, BLOCK_C)
+    else:
+        packed = _pack(s, csq, n_tiles - 1, slots, FOLD, LOW_BITS, BLOCK_C)
+    best = gl.minimum(best, _row_min(packed, BLOCK_P, BLOCK_C))
     async_copy.wait_group(0)  # copies of tiles past the end (all masked) land before the stages are reused
     return best
 
 
 @gluon.jit
-def _step(t, best, s, csq, xa, c_smem, c_base, CSQ, g, C, crow, cols, slots, zeros, FOLD: gl.constexpr,
-          LOW_BITS: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr):
+def _step(t, best, s, csq, xa, c_smem, csq_smem, c_base, CSQ, g, C, crow, cols, ccol, slots, zeros,
+          FOLD: gl.constexpr, LOW_BITS: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr,
+          BLOCK_D: gl.constexpr, CSQ_SMEM: gl.constexpr):
     """Product t+1 on the tensor cores while product t (s, with ‖c‖² csq) is folded into best; returns (best,
-    product t+1, ‖c‖² of tile t+1)."""
+    product t+1, ‖c‖² of tile t+1). CSQ_SMEM: s holds tile t's distances (``_dist``) already, and so does the
+    product returned: ‖c‖² of tile t+1 is read from csq_smem under the product and added once it retired."""
     async_copy.wait_group(1)  # tile t+1 landed (t+2 may still be in flight)
     fence_async_shared()
     gl.thread_barrier()  # also: every warp is past S_{t-1}, so its stage can take tile t+3
     _copy_tile(c_smem.index((t + 3) % STAGES), c_base, t + 3, crow, cols, C, BLOCK_C, BLOCK_D)
+    if CSQ_SMEM:  # ‖c‖² of tile t+3 in the same copy group
+        _copy_csq(csq_smem.index((t + 3) % STAGES), CSQ + g * C, t + 3, ccol, C, BLOCK_C)
     async_copy.commit_group()
     # issued only now that S_t has retired (C7514/C7515 in the module docstring); S_t is folded under it
     tok = warpgroup_mma(xa, c_smem.index((t + 1) % STAGES).permute((1, 0)), zeros, use_acc=False, is_async=True)
-    cen = (t + 1) * BLOCK_C + slots
-    csq_next = gl.load(CSQ + g * C + cen, mask=cen < C, other=FAR)
-    best = gl.minimum(best, _row_min(_pack(s, csq, t, slots, FOLD, LOW_BITS, BLOCK_C), BLOCK_P, BLOCK_C))
-    return best, warpgroup_mma_wait(0, deps=[tok]), csq_next
+    if CSQ_SMEM:
+        # tile t+1 landed (the wait above); its stage takes tile t+5 only after the next step's barrier
+        csq_next = csq_smem.index((t + 1) % STAGES).load(slots.type.layout)
+        best = gl.minimum(best, _row_min(_pack_dist(s, t, slots, LOW_BITS, BLOCK_C), BLOCK_P, BLOCK_C))
+        return best, _dist(warpgroup_mma_wait(0, deps=[tok]), csq_next, FOLD), csq_next
+    else:
+        cen = (t + 1) * BLOCK_C + slots
+        csq_next = gl.load(CSQ + g * C + cen, mask=cen < C, other=FAR)
+        best = gl.minimum(best, _row_min(_pack(s, csq, t, slots, FOLD, LOW_BITS, BLOCK_C), BLOCK_P, BLOCK_C))
+        return best, warpgroup_mma_wait(0, deps=[tok]), csq_next
 
 
 @gluon.jit
@@ -234,6 +290,7 @@ def _gluon_assign_kernel(
     BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr, MAX_IT: gl.constexpr,
     USE_TOL: gl.constexpr, LOW_BITS: gl.constexpr, FOLD: gl.constexpr, ACCUMULATE: gl.constexpr,
     COPIES: gl.constexpr = 1, PERSISTENT: gl.constexpr = False, A_REGS: gl.constexpr = True,
+    CSQ_SMEM: gl.constexpr = False,
 ):
     """Arguments as ``_assign_kernel`` (triton_kmeans.py) with D = BLOCK_D (rows of 16-byte copies, so no column
     mask) and G the number of groups; X and CD share the operand dtype (bf16 or float16). PERSISTENT: a 1-D grid of
@@ -249,6 +306,8 @@ def _gluon_assign_kernel(
     # the atomics' layout (``_scatter``): one point per warp instruction
     row_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 4], threads_per_warp=[1, 32],
                                                 warps_per_cta=[NW, 1], order=[1, 0])
+    # the copies of ‖c‖² (CSQ_SMEM, ``_copy_csq``)
+    csq_ld_layout: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
     smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128 if BLOCK_D * 2 >= 128 else BLOCK_D * 2,
                                                      element_bitwidth=16, rank=2)
 
@@ -260,6 +319,11 @@ def _gluon_assign_kernel(
     if not skip:
         x_smem = gl.allocate_shared_memory(dtype, [BLOCK_P, BLOCK_D], smem_layout)
         c_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_C, BLOCK_D], smem_layout)
+        if CSQ_SMEM:  # ‖c‖² of each stage's tile, copied with it
+            csq_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_C], gl.SwizzledSharedLayout(
+                vec=1, per_phase=1, max_phase=1, order=[0]))
+        else:
+            csq_smem = c_smem  # a placeholder: nothing reads or writes it
         if PERSISTENT:
             # Work item w: group w // tiles, point tile w % tiles; program i takes items i, i + programs, … Items
             # that run at the same time are neighbours, so mostly one group's centroids are read (an L2 hit).
@@ -268,21 +332,21 @@ def _gluon_assign_kernel(
             step = gl.num_programs(0)
             first = gl.program_id(0)
             if first < items:
-                _issue_item(x_smem, c_smem, X, CD, (first // tiles).to(gl.int64), first % tiles, N, C, sxg, sxn, 0,
-                            ld_layout, BLOCK_P, BLOCK_C, BLOCK_D)
+                _issue_item(x_smem, c_smem, csq_smem, X, CD, CSQ, (first // tiles).to(gl.int64), first % tiles, N,
+                            C, sxg, sxn, 0, ld_layout, csq_ld_layout, BLOCK_P, BLOCK_C, BLOCK_D, CSQ_SMEM)
             for w in range(first, items, step):
                 g = (w // tiles).to(gl.int64)
                 p = w % tiles
                 z = _opaque_zero(w)  # keeps the item's index arithmetic inside the loop (see _opaque_zero)
-                best = _products(x_smem, c_smem, CD, CSQ, g, C, z, ld_layout, acc_layout, FOLD, LOW_BITS,
-                                 BLOCK_P, BLOCK_C, BLOCK_D, A_REGS)
+                best = _products(x_smem, c_smem, csq_smem, CD, CSQ, g, C, z, ld_layout, csq_ld_layout, acc_layout,
+                                 FOLD, LOW_BITS, BLOCK_P, BLOCK_C, BLOCK_D, A_REGS, CSQ_SMEM)
                 if ACCUMULATE:  # the points for the atomics, before the next item's copy lands
                     x = x_smem.load(row_layout)
                 gl.thread_barrier()  # every warp is past its last product (and its read of x)
                 nxt = w + step
                 if nxt < items:  # the next item's copies run under this one's reduction, labels and atomics
-                    _issue_item(x_smem, c_smem, X, CD, (nxt // tiles).to(gl.int64), nxt % tiles, N, C, sxg, sxn,
-                                z, ld_layout, BLOCK_P, BLOCK_C, BLOCK_D)
+                    _issue_item(x_smem, c_smem, csq_smem, X, CD, CSQ, (nxt // tiles).to(gl.int64), nxt % tiles, N,
+                                C, sxg, sxn, z, ld_layout, csq_ld_layout, BLOCK_P, BLOCK_C, BLOCK_D, CSQ_SMEM)
                 best_idx = _labels(best, C, acc_layout, LOW_BITS)
                 rows = p * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, acc_layout)) + z
                 gl.store(LABELS + g * N + rows, best_idx.to(gl.int64), mask=rows < N)
@@ -291,9 +355,10 @@ def _gluon_assign_kernel(
         else:
             p = gl.program_id(0)
             g = gl.program_id(1).to(gl.int64)
-            _issue_item(x_smem, c_smem, X, CD, g, p, N, C, sxg, sxn, 0, ld_layout, BLOCK_P, BLOCK_C, BLOCK_D)
-            best = _products(x_smem, c_smem, CD, CSQ, g, C, 0, ld_layout, acc_layout, FOLD, LOW_BITS, BLOCK_P,
-                             BLOCK_C, BLOCK_D, A_REGS)
+            _issue_item(x_smem, c_smem, csq_smem, X, CD, CSQ, g, p, N, C, sxg, sxn, 0, ld_layout, csq_ld_layout,
+                        BLOCK_P, BLOCK_C, BLOCK_D, CSQ_SMEM)
+            best = _products(x_smem, c_smem, csq_smem, CD, CSQ, g, C, 0, ld_layout, csq_ld_layout, acc_layout, FOLD,
+                             LOW_BITS, BLOCK_P, BLOCK_C, BLOCK_D, A_REGS, CSQ_SMEM)
             best_idx = _labels(best, C, acc_layout, LOW_BITS)
             rows = p * BLOCK_P + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, acc_layout))
             gl.store(LABELS + g * N + rows, best_idx.to(gl.int64), mask=rows < N)
@@ -309,7 +374,7 @@ def index_bits(clusters: int, block_c: int) -> int:
 
 def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 4, maxnreg: int = 0, dtype: str = "bf16",
                  accumulate: bool = True, clusters: int = 1000, copies: int = 1, persistent: bool = True,
-                 a_regs: bool = True):
+                 a_regs: bool = True, csq_smem: bool = False):
     """Compile the kernel for sm_90 without a GPU (for inspection and the CPU test); the defaults are the launch
     options ``TritonKMeans`` uses. Returns ``triton.compile``'s result (``.asm["ptx"]``, ``.metadata.shared``)."""
     import triton
@@ -320,13 +385,14 @@ def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 4, maxn
     types = [f"*{dtype}", f"*{dtype}", "*fp32", "*i64", "*fp32", "*i32", "*fp32", "i32", "fp32"] + ["i32"] * 5
     signature = dict(zip(names, types))
     signature.update({k: "constexpr" for k in ("BLOCK_P", "BLOCK_C", "BLOCK_D", "MAX_IT", "USE_TOL", "LOW_BITS",
-                                               "FOLD", "ACCUMULATE", "COPIES", "PERSISTENT", "A_REGS")})
+                                               "FOLD", "ACCUMULATE", "COPIES", "PERSISTENT", "A_REGS",
+                                               "CSQ_SMEM")})
     aligned = [i for i, name in enumerate(names) if types[i].startswith("*") or name in ("sxg", "sxn")]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = GluonASTSource(_gluon_assign_kernel, signature=signature, attrs=attrs,
                          constexprs=dict(BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_D=128, MAX_IT=2, USE_TOL=False,
                                          LOW_BITS=index_bits(clusters, block_c), FOLD=dtype == "bf16",
                                          ACCUMULATE=accumulate, COPIES=copies, PERSISTENT=bool(persistent),
-                                         A_REGS=bool(a_regs)))
+                                         A_REGS=bool(a_regs), CSQ_SMEM=bool(csq_smem)))
     options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)

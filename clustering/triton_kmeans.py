@@ -263,6 +263,9 @@ class TritonKMeans(Clusterer):
     # gluon: the points as the products' register operand (False: read from shared memory by every product, the
     # default until the sixth session; H100, Wan shape: 1-8% slower)
     _a_regs: bool = field(default=True, repr=False)
+    # gluon: ‖c‖² copied into shared memory with each centroid tile (cp.async, a second 4-stage ring) instead of 16
+    # masked global loads a thread per tile (CSQ_SMEM of clustering/gluon_kmeans.py; not timed yet)
+    _csq_smem: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -277,6 +280,8 @@ class TritonKMeans(Clusterer):
             raise ValueError(f"num_stages must be ≥ 1, got {self.num_stages}")
         if self.sum_copies not in (0, 1, 2, 4, 8):
             raise ValueError(f"sum_copies must be 0 (auto), 1, 2, 4 or 8, got {self.sum_copies}")
+        if not isinstance(self._csq_smem, bool):
+            raise ValueError(f"_csq_smem must be True or False, got {self._csq_smem!r}")
         if self.assign_kernel not in ASSIGN_KERNELS:
             raise ValueError(f"assign_kernel must be one of {', '.join(ASSIGN_KERNELS)}, got {self.assign_kernel!r}")
 
@@ -445,6 +450,8 @@ class TritonKMeans(Clusterer):
             # layout-conversion scratch and 1 KB the hardware reserves per block; registers: up to 255 a thread)
             props = torch.cuda.get_device_properties(x.device)
             smem = (bp + int(STAGES) * bc) * d * x.element_size() + 2048
+            if self._csq_smem:  # the ‖c‖² ring
+                smem += int(STAGES) * bc * 4
             per_sm = min(getattr(props, "shared_memory_per_multiprocessor", 233472) // smem,
                          65536 // (32 * warps * (self._maxnreg or 256)))
             grid = (min(items, props.multi_processor_count * max(1, per_sm)),)
@@ -455,6 +462,6 @@ class TritonKMeans(Clusterer):
             it, float(tol), n, c, groups, x.stride(0), x.stride(1),
             BLOCK_P=bp, BLOCK_C=bc, BLOCK_D=d, MAX_IT=max_it, USE_TOL=tol > 0, LOW_BITS=low_bits, FOLD=fold,
             ACCUMULATE=self._accumulate, COPIES=sums.shape[0], PERSISTENT=self._persistent, A_REGS=self._a_regs,
-            num_warps=warps,
+            CSQ_SMEM=self._csq_smem, num_warps=warps,
             **options,
         )

@@ -36,33 +36,38 @@ def _hopper() -> bool:
 needs_hopper = pytest.mark.skipif(not _hopper(), reason="needs a compute-capability-9.0 GPU, not the interpreter")
 
 # (points per program, warps, register cap, dtype, accumulate, persistent: 0 one item per program, 1 persistent,
-# points as the register operand): the default launch for bf16, float16 and the assignment-only diagnostic, the
-# one-item-per-program kernels, the points read from shared memory, and two warpgroups capped at 128 registers
-VARIANTS = [(128, 4, 0, "bf16", True, 1, 1), (128, 4, 0, "fp16", True, 1, 1), (128, 4, 0, "bf16", False, 1, 1),
-            (128, 4, 0, "bf16", True, 0, 1), (128, 4, 0, "fp16", True, 0, 1), (128, 4, 0, "bf16", True, 1, 0),
-            (128, 8, 128, "bf16", True, 0, 0), (128, 8, 128, "bf16", True, 1, 0)]
+# points as the register operand, ‖c‖² staged in shared memory): the default launch for bf16, float16 and the
+# assignment-only diagnostic, the one-item-per-program kernels, the points read from shared memory, two warpgroups
+# capped at 128 registers, and ‖c‖² in shared memory (CSQ_SMEM, ``TritonKMeans(_csq_smem=True)``) for both dtypes,
+# persistent and not
+VARIANTS = [(128, 4, 0, "bf16", True, 1, 1, 0), (128, 4, 0, "fp16", True, 1, 1, 0), (128, 4, 0, "bf16", False, 1, 1, 0),
+            (128, 4, 0, "bf16", True, 0, 1, 0), (128, 4, 0, "fp16", True, 0, 1, 0), (128, 4, 0, "bf16", True, 1, 0, 0),
+            (128, 8, 128, "bf16", True, 0, 0, 0), (128, 8, 128, "bf16", True, 1, 0, 0),
+            (128, 4, 0, "bf16", True, 1, 1, 1), (128, 4, 0, "fp16", True, 1, 1, 1), (128, 4, 0, "bf16", True, 0, 1, 1),
+            (128, 4, 0, "fp16", True, 0, 1, 1)]
+PARAMS = "block_p,warps,maxnreg,dtype,accumulate,persistent,a_regs,csq_smem"
 # bytes of local memory the persistent kernel may use outside the product loop (H100 runs: a per-item value or two
 # kept there costs nothing measurable); with two warpgroups capped at 128 registers it needs more (a diagnostic)
 PERSISTENT_SPILL = {4: 16, 8: 128}
 
 
-def _name(block_p, warps, maxnreg, dtype, accumulate, persistent, a_regs) -> str:
-    return f"{block_p}_{warps}_{maxnreg}_{dtype}_{int(accumulate)}_{persistent}_{a_regs}"
+def _name(block_p, warps, maxnreg, dtype, accumulate, persistent, a_regs, csq_smem) -> str:
+    return f"{block_p}_{warps}_{maxnreg}_{dtype}_{int(accumulate)}_{persistent}_{a_regs}_{csq_smem}"
 
 
 @pytest.fixture(scope="module")
 def compiled(compile_sm90):
     return compile_sm90("sparseattn.clustering.gluon_kmeans", {
         _name(*v): dict(block_p=v[0], num_warps=v[1], maxnreg=v[2], dtype=v[3], accumulate=v[4], persistent=v[5],
-                        a_regs=bool(v[6]))
+                        a_regs=bool(v[6]), csq_smem=bool(v[7]))
         for v in VARIANTS})
 
 
-@pytest.mark.parametrize("block_p,warps,maxnreg,dtype,accumulate,persistent,a_regs", VARIANTS)
+@pytest.mark.parametrize(PARAMS, VARIANTS)
 def test_compiles_for_sm90_without_spills_or_serialised_wgmma(compiled, ptxas, block_p, warps, maxnreg, dtype,
-                                                              accumulate, persistent, a_regs):
+                                                              accumulate, persistent, a_regs, csq_smem):
     folder, shared = compiled
-    name = _name(block_p, warps, maxnreg, dtype, accumulate, persistent, a_regs)
+    name = _name(block_p, warps, maxnreg, dtype, accumulate, persistent, a_regs, csq_smem)
     ptx = (folder / f"{name}.ptx").read_text()
     assert "wgmma.mma_async" in ptx
     assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 0x10", ptx), "no 16-byte cp.async"
@@ -81,45 +86,59 @@ def test_compiles_for_sm90_without_spills_or_serialised_wgmma(compiled, ptxas, b
         assert info.spill_stores == 0 and info.spill_loads == 0, info.report
     if maxnreg:
         assert info.registers <= maxnreg
+    loops = innermost_loops(folder / f"{name}.ptx.cubin", "HGMMA")
+    ops = [opcode(t) for loop in loops for t in loop if not t.startswith("@!PT")]  # not the never-run LDS RZ
+    global_loads = sum(op.startswith("LDG.") for op in ops)  # ‖c‖² (LDGSTS, LDGDEPBAR: the cp.async copies)
+    shared_loads = sum(op.startswith("LDS") for op in ops)
+    print(f"{name}: product loop {len(ops)} instructions, {global_loads} LDG, {shared_loads} LDS")
+    if csq_smem:  # ‖c‖² of the next tile: 8 LDS.64 (two adjacent columns each) and no global load
+        assert global_loads == 0, global_loads
+        assert sum(op.startswith("LDS.64") for op in ops) == 8, ops
 
 
+@pytest.mark.parametrize("csq_smem", [0, 1])
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_persistent_product_loop_no_longer_than_one_item_per_program(compiled, ptxas, dtype):
+def test_persistent_product_loop_no_longer_than_one_item_per_program(compiled, ptxas, dtype, csq_smem):
     """The item loop must not crowd the product loop: when per-item index offsets were hoisted out of it (no
     ``_opaque_zero``), the product loop grew from 453 to 485 instructions and ran 15% slower on an H100."""
     folder, _ = compiled
     lengths = {}
     for persistent in (0, 1):
-        name = _name(128, 4, 0, dtype, True, persistent, 1)
+        name = _name(128, 4, 0, dtype, True, persistent, 1, csq_smem)
         ptxas(folder / f"{name}.ptx")  # writes the cubin
         lengths[persistent] = max(len(loop) for loop in innermost_loops(folder / f"{name}.ptx.cubin", "HGMMA"))
     print(f"{dtype}: product loop {lengths[1]} instructions persistent, {lengths[0]} one item per program")
     assert lengths[1] <= lengths[0], lengths
 
 
-@pytest.mark.parametrize("block_p,warps,maxnreg,dtype,accumulate,persistent,a_regs",
-                         [v for v in VARIANTS if v[1] == 4])
+@pytest.mark.parametrize(PARAMS, [v for v in VARIANTS if v[1] == 4])
 def test_products_issued_before_the_fold(compiled, ptxas, block_p, warps, maxnreg, dtype, accumulate,
-                                         persistent, a_regs):
+                                         persistent, a_regs, csq_smem):
     """The point of the kernel: the next tile's product runs while the previous one is folded. With a running
     minimum per (point, column slot) (64 more registers a thread, the kernel until the seventh session) ptxas had
     no registers to hold the previous product while the next one ran, and scheduled 57 of a tile's 64 FMNMX (114 of
     its 128 pack-and-min instructions) before issuing the next product (SASS of the sm_90a build; on an H100 the
     wgmma wait then held 20% of the loop's stall samples, Nsight Compute). Now at most a few may come first."""
     folder, _ = compiled
-    name = _name(block_p, warps, maxnreg, dtype, accumulate, persistent, a_regs)
+    name = _name(block_p, warps, maxnreg, dtype, accumulate, persistent, a_regs, csq_smem)
     ptxas(folder / f"{name}.ptx")  # writes the cubin
     for loop in innermost_loops(folder / f"{name}.ptx.cubin", "HGMMA"):
         ops = [opcode(t) for t in loop]
         first = next(i for i, op in enumerate(ops) if op.startswith("HGMMA"))
+        last = max(i for i, op in enumerate(ops) if op.startswith("HGMMA"))
         before = sum(op.startswith("FMNMX") for op in ops[:first])
-        print(f"{name}: {before} of {sum(op.startswith('FMNMX') for op in ops)} FMNMX before the first HGMMA")
+        # informational: with CSQ_SMEM ptxas interleaves the fold with the product's HGMMAs (all 64 FMNMX before the
+        # last of them), where the default issues all but the fold's last LOP3s first
+        print(f"{name}: {before} of {sum(op.startswith('FMNMX') for op in ops)} FMNMX before the first HGMMA, "
+              f"{sum(op.startswith('FMNMX') for op in ops[:last])} before the last")
         assert before <= 8, before
 
 
 def test_options_and_reasons_off_hopper():
     with pytest.raises(ValueError, match="assign_kernel"):
         TritonKMeans(assign_kernel="cuda")
+    with pytest.raises(ValueError, match="_csq_smem"):
+        TritonKMeans(_csq_smem=1)
     x = torch.zeros(1, 64, 96, dtype=torch.float32)
     reasons = TritonKMeans(precision="ieee").gluon_problems(x)
     assert any("CUDA" in r for r in reasons), reasons
@@ -134,17 +153,18 @@ def test_options_and_reasons_off_hopper():
 # CUDA (sm_90)
 # ----------------------------------------------------------------------------------------------------------------
 @needs_hopper
+@pytest.mark.parametrize("csq_smem", [False, True])
 @pytest.mark.parametrize("persistent", [False, True])
 @pytest.mark.parametrize("n,clusters,dtype", [(30000, 500, torch.bfloat16), (20037, 1000, torch.bfloat16),
                                               (5001, 37, torch.float16), (300, 300, torch.bfloat16)])
-def test_cuda_gluon_assignment_matches_triton_and_torch(n, clusters, dtype, persistent):
+def test_cuda_gluon_assignment_matches_triton_and_torch(n, clusters, dtype, persistent, csq_smem):
     gen = torch.Generator(device="cuda").manual_seed(3)
     x = torch.randn(3, n, 128, device="cuda", generator=gen)
     init = init_centroids(x, clusters, seed=4)
     ref = TorchKMeans().fit(x, init, 1)
     xl = x.to(dtype)
     tri = TritonKMeans(assign_kernel="triton").fit(xl, init, 1)
-    glu = TritonKMeans(assign_kernel="gluon", _persistent=persistent).fit(xl, init, 1)
+    glu = TritonKMeans(assign_kernel="gluon", _persistent=persistent, _csq_smem=csq_smem).fit(xl, init, 1)
     same = float((glu.labels == tri.labels).float().mean())
     vs_ref = float((glu.labels == ref.labels).float().mean())
     err = float((glu.centroids - ref.centroids).norm() / ref.centroids.norm())
@@ -165,7 +185,8 @@ def test_cuda_gluon_assignment_matches_triton_and_torch(n, clusters, dtype, pers
 def test_cuda_persistent_equals_one_item_per_program(n, clusters, groups, copies):
     """The same packed argmin: identical labels and sizes; sums differ by float32 summation order only. More work
     items than programs (the stride loop), fewer (129 points × 2 groups: 4 items), and the copies of the sums. The
-    points as the register operand (the default) or read from shared memory: the same products."""
+    points as the register operand (the default) or read from shared memory: the same products; ‖c‖² from global
+    or shared memory (CSQ_SMEM, persistent and not): the same distances."""
     gen = torch.Generator(device="cuda").manual_seed(7)
     x = torch.randn(groups, n, 128, device="cuda", generator=gen)
     init = init_centroids(x, clusters, seed=8)
@@ -173,7 +194,9 @@ def test_cuda_persistent_equals_one_item_per_program(n, clusters, groups, copies
     one = TritonKMeans(assign_kernel="gluon", _persistent=False, sum_copies=copies).fit(xb, init, 1)
     per = TritonKMeans(assign_kernel="gluon", _persistent=True, sum_copies=copies).fit(xb, init, 1)
     smem = TritonKMeans(assign_kernel="gluon", _a_regs=False, sum_copies=copies).fit(xb, init, 1)
-    for other in (one, smem):
+    csq = TritonKMeans(assign_kernel="gluon", _csq_smem=True, sum_copies=copies).fit(xb, init, 1)
+    csq_one = TritonKMeans(assign_kernel="gluon", _csq_smem=True, _persistent=False, sum_copies=copies).fit(xb, init, 1)
+    for other in (one, smem, csq, csq_one):
         assert torch.equal(other.labels, per.labels)
         assert torch.equal(other.sizes, per.sizes)
         torch.testing.assert_close(per.centroids, other.centroids, rtol=1e-5, atol=1e-5)
