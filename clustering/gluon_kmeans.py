@@ -67,17 +67,19 @@ H100, Wan shape (benchmarks/results/h100-2026-11-27-s4-kmeans-persistent-run2.lo
 for 300 clusters and 2.00 → 1.92 ms for 1,000; rereading x from L2 for the atomics instead of keeping it in registers
 was slower (1.00, 2.08–2.15 ms).
 
-``CSQ_SMEM`` (off by default, ``TritonKMeans(_csq_smem=True)``; not timed yet): ‖c‖² travels with each centroid tile
-into a second 4-stage ring (``csq_smem``, 64 fp32 a stage, one 4-byte cp.async a thread for half the threads: a
-group's ‖c‖² starts at g·C floats, so 16-byte alignment is unknown), in the tile's copy group (tiles 0–2: all in the
-first group; one copy group each made the persistent kernel spill ~80 bytes). The next tile's ‖c‖² is read (8 LDS.64)
-right after its product is issued and added as soon as that product retired, so the loop carries distances; columns
-past C (zero-filled) get FAR in the last tile's fold. The 16 masked global loads a thread per tile (long-scoreboard
-stalls in Nsight Compute) are gone and the product loop is shorter (sm_90a SASS: 331 against 411 instructions for
-bf16, 395 against 490 for float16, 255 registers, no spills), but ptxas then interleaves the whole fold with the
-product's 16 HGMMAs (all 64 FMNMX before the last of them, against none in the default, whose last LOP3s alone
-precede it). Reading ‖c‖² elsewhere in the step (before the product, in the step of its own tile, after the wait)
-gave the same interleaving.
+``CSQ_SMEM`` (the default since the eighth session; ``TritonKMeans(_csq_smem=False)`` keeps the global loads):
+‖c‖² travels with each centroid tile into a second 4-stage ring (``csq_smem``, 64 fp32 a stage, one 4-byte cp.async a
+thread for half the threads: a group's ‖c‖² starts at g·C floats, so 16-byte alignment is unknown), in the tile's copy
+group (tiles 0–2: all in the first group; one copy group each made the persistent kernel spill ~80 bytes). The next
+tile's ‖c‖² is read (8 LDS.64) right after its product is issued and added as soon as that product retired, so the
+loop carries distances; columns past C (zero-filled) get FAR in the last tile's fold. This replaces 16 masked global
+loads a thread per tile, which shared one address register and showed as long-scoreboard stalls in Nsight Compute
+(run s7 3). The product loop is shorter (sm_90a SASS: 331 against 411 instructions for bf16, 395 against 490 for
+float16, 255 registers, no spills), and ptxas interleaves the fold with the product's 16 HGMMAs (all 64 FMNMX before
+the last of them; with the global loads, none). H100, Wan shape, 8 interleaved rounds
+(benchmarks/results/h100-2026-11-27-s8-run3-kmeans-csq-smem.log): 1,000 clusters 1.756–1.842 ms per assignment (mean
+1.795) against 1.850–2.132 ms (mean 2.007) with the global loads, every round faster; 300 clusters 0.833–0.843 against
+0.858–0.862 ms; labels identical.
 
 Tried and removed (commit db24811, benchmarks/results/h100-2026-11-27-s4-kmeans-csq-mma-bench.log): ‖c‖² added by the
 tensor cores (a chained K = 16 wgmma of [1, 1, 1, 0, …] against ‖c‖² split into three bf16 parts) instead of one add
@@ -290,7 +292,7 @@ def _gluon_assign_kernel(
     BLOCK_P: gl.constexpr, BLOCK_C: gl.constexpr, BLOCK_D: gl.constexpr, MAX_IT: gl.constexpr,
     USE_TOL: gl.constexpr, LOW_BITS: gl.constexpr, FOLD: gl.constexpr, ACCUMULATE: gl.constexpr,
     COPIES: gl.constexpr = 1, PERSISTENT: gl.constexpr = False, A_REGS: gl.constexpr = True,
-    CSQ_SMEM: gl.constexpr = False,
+    CSQ_SMEM: gl.constexpr = True,
 ):
     """Arguments as ``_assign_kernel`` (triton_kmeans.py) with D = BLOCK_D (rows of 16-byte copies, so no column
     mask) and G the number of groups; X and CD share the operand dtype (bf16 or float16). PERSISTENT: a 1-D grid of
@@ -374,7 +376,7 @@ def index_bits(clusters: int, block_c: int) -> int:
 
 def compile_sm90(block_p: int = 128, block_c: int = 64, num_warps: int = 4, maxnreg: int = 0, dtype: str = "bf16",
                  accumulate: bool = True, clusters: int = 1000, copies: int = 1, persistent: bool = True,
-                 a_regs: bool = True, csq_smem: bool = False):
+                 a_regs: bool = True, csq_smem: bool = True):
     """Compile the kernel for sm_90 without a GPU (for inspection and the CPU test); the defaults are the launch
     options ``TritonKMeans`` uses. Returns ``triton.compile``'s result (``.asm["ptx"]``, ``.metadata.shared``)."""
     import triton

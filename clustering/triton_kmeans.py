@@ -263,9 +263,9 @@ class TritonKMeans(Clusterer):
     # gluon: the points as the products' register operand (False: read from shared memory by every product, the
     # default until the sixth session; H100, Wan shape: 1-8% slower)
     _a_regs: bool = field(default=True, repr=False)
-    # gluon: ‖c‖² copied into shared memory with each centroid tile (cp.async, a second 4-stage ring) instead of 16
-    # masked global loads a thread per tile (CSQ_SMEM of clustering/gluon_kmeans.py; not timed yet)
-    _csq_smem: bool = field(default=False, repr=False)
+    # gluon: ‖c‖² copied into shared memory with each centroid tile (cp.async, a second 4-stage ring; False: 16 masked
+    # global loads a thread per tile, the default until the eighth session; H100, Wan shape: 1,000 clusters 11% slower)
+    _csq_smem: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -38,13 +38,13 @@ needs_hopper = pytest.mark.skipif(not _hopper(), reason="needs a compute-capabil
 # (points per program, warps, register cap, dtype, accumulate, persistent: 0 one item per program, 1 persistent,
 # points as the register operand, ‖c‖² staged in shared memory): the default launch for bf16, float16 and the
 # assignment-only diagnostic, the one-item-per-program kernels, the points read from shared memory, two warpgroups
-# capped at 128 registers, and ‖c‖² in shared memory (CSQ_SMEM, ``TritonKMeans(_csq_smem=True)``) for both dtypes,
-# persistent and not
-VARIANTS = [(128, 4, 0, "bf16", True, 1, 1, 0), (128, 4, 0, "fp16", True, 1, 1, 0), (128, 4, 0, "bf16", False, 1, 1, 0),
-            (128, 4, 0, "bf16", True, 0, 1, 0), (128, 4, 0, "fp16", True, 0, 1, 0), (128, 4, 0, "bf16", True, 1, 0, 0),
-            (128, 8, 128, "bf16", True, 0, 0, 0), (128, 8, 128, "bf16", True, 1, 0, 0),
-            (128, 4, 0, "bf16", True, 1, 1, 1), (128, 4, 0, "fp16", True, 1, 1, 1), (128, 4, 0, "bf16", True, 0, 1, 1),
-            (128, 4, 0, "fp16", True, 0, 1, 1)]
+# capped at 128 registers, and ‖c‖² loaded from global memory (``TritonKMeans(_csq_smem=False)``, the default until
+# the eighth session) for both dtypes, persistent and not
+VARIANTS = [(128, 4, 0, "bf16", True, 1, 1, 1), (128, 4, 0, "fp16", True, 1, 1, 1), (128, 4, 0, "bf16", False, 1, 1, 1),
+            (128, 4, 0, "bf16", True, 0, 1, 1), (128, 4, 0, "fp16", True, 0, 1, 1), (128, 4, 0, "bf16", True, 1, 0, 1),
+            (128, 8, 128, "bf16", True, 0, 0, 1), (128, 8, 128, "bf16", True, 1, 0, 1),
+            (128, 4, 0, "bf16", True, 1, 1, 0), (128, 4, 0, "fp16", True, 1, 1, 0), (128, 4, 0, "bf16", True, 0, 1, 0),
+            (128, 4, 0, "fp16", True, 0, 1, 0)]
 PARAMS = "block_p,warps,maxnreg,dtype,accumulate,persistent,a_regs,csq_smem"
 # bytes of local memory the persistent kernel may use outside the product loop (H100 runs: a per-item value or two
 # kept there costs nothing measurable); with two warpgroups capped at 128 registers it needs more (a diagnostic)
@@ -185,8 +185,8 @@ def test_cuda_gluon_assignment_matches_triton_and_torch(n, clusters, dtype, pers
 def test_cuda_persistent_equals_one_item_per_program(n, clusters, groups, copies):
     """The same packed argmin: identical labels and sizes; sums differ by float32 summation order only. More work
     items than programs (the stride loop), fewer (129 points × 2 groups: 4 items), and the copies of the sums. The
-    points as the register operand (the default) or read from shared memory: the same products; ‖c‖² from global
-    or shared memory (CSQ_SMEM, persistent and not): the same distances."""
+    points as the register operand (the default) or read from shared memory: the same products; ‖c‖² from shared (the
+    default) or global memory (``_csq_smem=False``, persistent and not): the same distances."""
     gen = torch.Generator(device="cuda").manual_seed(7)
     x = torch.randn(groups, n, 128, device="cuda", generator=gen)
     init = init_centroids(x, clusters, seed=8)
@@ -194,9 +194,10 @@ def test_cuda_persistent_equals_one_item_per_program(n, clusters, groups, copies
     one = TritonKMeans(assign_kernel="gluon", _persistent=False, sum_copies=copies).fit(xb, init, 1)
     per = TritonKMeans(assign_kernel="gluon", _persistent=True, sum_copies=copies).fit(xb, init, 1)
     smem = TritonKMeans(assign_kernel="gluon", _a_regs=False, sum_copies=copies).fit(xb, init, 1)
-    csq = TritonKMeans(assign_kernel="gluon", _csq_smem=True, sum_copies=copies).fit(xb, init, 1)
-    csq_one = TritonKMeans(assign_kernel="gluon", _csq_smem=True, _persistent=False, sum_copies=copies).fit(xb, init, 1)
-    for other in (one, smem, csq, csq_one):
+    csq_global = TritonKMeans(assign_kernel="gluon", _csq_smem=False, sum_copies=copies).fit(xb, init, 1)
+    csq_global_one = TritonKMeans(assign_kernel="gluon", _csq_smem=False, _persistent=False,
+                                  sum_copies=copies).fit(xb, init, 1)
+    for other in (one, smem, csq_global, csq_global_one):
         assert torch.equal(other.labels, per.labels)
         assert torch.equal(other.sizes, per.sizes)
         torch.testing.assert_close(per.centroids, other.centroids, rtol=1e-5, atol=1e-5)
