@@ -30,7 +30,7 @@ VARIANTS = {
     "default": dict(),  # persistent, 128 points × 64 centroids, one warpgroup, points as the register operand
     "smem A": dict(_a_regs=False),  # the points read from shared memory by every product (the default until s6)
     "one per item": dict(_persistent=False),
-    "csq smem": dict(_csq_smem=True),  # ‖c‖² copied into shared memory with each centroid tile (s8)
+    "csq global": dict(_csq_smem=False),  # ‖c‖² loaded from global memory in the product loop (the default until s8)
     "128x128 8w": dict(block_centroids=128, num_warps=8),  # N = 128 products, two warpgroups share the tiles
 }
 

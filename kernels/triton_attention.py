@@ -480,8 +480,8 @@ class TritonBlockSparse(SparseKernel):
             bh_index = torch.arange(work.block.numel(), device=lens.device) // work.slots
             blk = work.block.clamp_min(0).long()
             keys = lens[bh_index, blk]
-            rows = torch.full_like(keys, float(work.block_m))
-            if real_rows:
+            rows = work.block_m
+            if real_rows:  # a tile's rows that fall inside its query block
                 rows = (q_sizes[bh_index, blk] - work.row_tile.to(torch.float64) * work.block_m).clamp(0, work.block_m)
             computed += (valid * rows * torch.ceil(keys / work.block_n) * work.block_n).sum()
         useful = (q_sizes * lens).sum()
