@@ -164,8 +164,7 @@ def _producer(q_smem, k_smem, v_smem, q_full, full, empty,
     """Gathers Q once, then K_t and V_t of every key tile t into stage t % STAGES (see the module docstring)."""
     # one 16-byte cp.async per thread and row chunk; ROW_THREADS lanes a row (8 at D 128: each thread copies two
     # chunks 128 bytes apart from one row address, every warp instruction still reads whole 128-byte lines)
-    TPR: gl.constexpr = ROW_THREADS
-    ld: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // TPR, TPR],
+    ld: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // ROW_THREADS, ROW_THREADS],
                                         warps_per_cta=[gl.num_warps(), 1], order=[1, 0])
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, ld))
     _gather_q(q_smem, q_full, Qh, Q_ROWS, q_start, q_end, row_base, sqn, offs_d, HAS_Q_ROWS, ld)
@@ -230,8 +229,7 @@ def _producer_persistent(q_smem, k_smem, v_smem, q_full, q_empty, full, empty, i
     to the consumers through item_smem/item_full (N_ITEMS: no more items). Per item K_0/V_0 first (the ring runs on
     across items, so it is gathered while the consumers finish the previous item), then Q once both consumer warpgroups
     have retired their last score product of the previous item (q_empty), then the remaining tiles."""
-    TPR: gl.constexpr = ROW_THREADS
-    ld: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // TPR, TPR],
+    ld: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // ROW_THREADS, ROW_THREADS],
                                         warps_per_cta=[gl.num_warps(), 1], order=[1, 0])
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, ld))
     g = 0  # tiles gathered so far (the ring's sequence)
